@@ -1,0 +1,68 @@
+"""Axon: durable background tasks for AI agents, as hash-chained event logs on Redis Streams."""
+
+from axon._version import __version__
+from axon.chain import GENESIS, ChainHead, ChainVerifier, verify_chain
+from axon.errors import (
+    AppendRejected,
+    AxonError,
+    ChainBroken,
+    ConfigError,
+    DurabilityTimeout,
+    DurabilityUnsupported,
+    EventsUnavailable,
+    EventTooLarge,
+    Fenced,
+    IllegalTransition,
+    InvalidEvent,
+    InvalidTaskId,
+    InvalidTaskSpec,
+    StaleHead,
+    StoreUnavailable,
+    TaskExists,
+    TaskNotFound,
+    TaskTerminal,
+)
+from axon.events import GENESIS_HASH, Event, decode_event, event_hash
+from axon.settings import Settings
+from axon.store import Store, StoredEvent, Transition
+from axon.task import TaskRecord, TaskSpec, TaskState
+from axon.writer import EventWriter, WriterStatistics
+
+__all__ = [
+    "GENESIS",
+    "GENESIS_HASH",
+    "AppendRejected",
+    "AxonError",
+    "ChainBroken",
+    "ChainHead",
+    "ChainVerifier",
+    "ConfigError",
+    "DurabilityTimeout",
+    "DurabilityUnsupported",
+    "Event",
+    "EventTooLarge",
+    "EventWriter",
+    "EventsUnavailable",
+    "Fenced",
+    "IllegalTransition",
+    "InvalidEvent",
+    "InvalidTaskId",
+    "InvalidTaskSpec",
+    "Settings",
+    "StaleHead",
+    "Store",
+    "StoreUnavailable",
+    "StoredEvent",
+    "TaskExists",
+    "TaskNotFound",
+    "TaskRecord",
+    "TaskSpec",
+    "TaskState",
+    "TaskTerminal",
+    "Transition",
+    "WriterStatistics",
+    "__version__",
+    "decode_event",
+    "event_hash",
+    "verify_chain",
+]

