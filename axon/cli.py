@@ -109,10 +109,13 @@ def _dev(settings: Settings, data_dir: Path) -> int:
             valkey_binary(), data_dir.resolve() / "valkey", args=["--appendonly", "yes"]
         )
         server.start()
-        print(f"Embedded Valkey is running at {server.url} (data in {server.directory}).")
+        print(
+            f"Embedded Valkey is running at {server.url} (data in {server.directory}).", flush=True
+        )
     print(
         "The HTTP API server and workers are not yet available in this version; "
-        "only the event log store is. Press Ctrl-C to stop."
+        "only the event log store is. Press Ctrl-C to stop.",
+        flush=True,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

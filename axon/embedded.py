@@ -104,6 +104,7 @@ class ServerProcess:
             self._spawn()
             try:
                 self._wait_ready(timeout)
+                self._fixed_port = True  # a restart must come back where clients look
                 return
             except StoreUnavailable as exc:
                 last_error = exc.message
@@ -181,5 +182,4 @@ class ServerProcess:
     def restart(self, *, timeout: float = 10.0) -> None:
         """Stop and start again on the same port and directory."""
         self.stop()
-        self._fixed_port = True
         self.start(timeout=timeout)

@@ -43,7 +43,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_batch_bytes: int = 4 << 20
     durability: Durability = "fast"
     durability_replicas: int = 0
-    durability_timeout_ms: int = 1000
+    durability_timeout_ms: int = 2000
 
     def __post_init__(self) -> None:
         if not self.key_prefix or any(c in self.key_prefix for c in "{} \n"):
@@ -97,5 +97,5 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             max_batch_bytes=integer("AXON_MAX_BATCH_BYTES", 4 << 20),
             durability=durability,  # type: ignore[arg-type]
             durability_replicas=integer("AXON_DURABILITY_REPLICAS", 0),
-            durability_timeout_ms=integer("AXON_DURABILITY_TIMEOUT_MS", 1000),
+            durability_timeout_ms=integer("AXON_DURABILITY_TIMEOUT_MS", 2000),
         )

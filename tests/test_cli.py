@@ -1,0 +1,86 @@
+"""The ``axon`` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from axon import __version__
+from axon.embedded import ServerProcess
+
+AXON = [sys.executable, "-m", "axon"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m axon`` with ``args`` and capture its output."""
+    full_env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [*AXON, *args], capture_output=True, text=True, env=full_env, timeout=60, check=False
+    )
+
+
+def test_version() -> None:
+    """`axon --version` prints the package version."""
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"axon {__version__}"
+
+
+def test_doctor_against_a_server(valkey: ServerProcess) -> None:
+    """`axon doctor` reports the server and its strict-durability support."""
+    result = run("doctor", env={"REDIS_URL": valkey.url})
+    assert result.returncode == 0, result.stderr
+    assert "valkey 9" in result.stdout
+    assert "strict durability (WAITAOF): available" in result.stdout
+
+
+def test_doctor_with_embedded_valkey() -> None:
+    """Without REDIS_URL, `axon doctor` checks a throwaway embedded Valkey."""
+    result = run("doctor")
+    assert result.returncode == 0, result.stderr
+    assert "embedded Valkey" in result.stdout
+
+
+def test_doctor_unreachable_server_fails_cleanly() -> None:
+    """An unreachable REDIS_URL is a failed check with a message, not a traceback."""
+    result = run("doctor", env={"REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert result.returncode == 1
+    assert "cannot reach Redis" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_configuration_exits_2() -> None:
+    """A malformed AXON_* variable exits 2 with a one-line error."""
+    result = run("doctor", env={"AXON_DURABILITY": "paranoid"})
+    assert result.returncode == 2
+    assert result.stderr.startswith("axon: error: AXON_DURABILITY")
+    assert "Traceback" not in result.stderr
+
+
+def test_dev_runs_embedded_valkey_until_sigterm(tmp_path: Path) -> None:
+    """`axon dev` starts an embedded Valkey, says so, and stops it cleanly on SIGTERM."""
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    proc = subprocess.Popen(
+        [*AXON, "dev", "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the first line; bounded by the test timeout
+        assert "Embedded Valkey is running at redis://127.0.0.1:" in line
+        assert "not yet available" in proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert "Embedded Valkey stopped." in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
