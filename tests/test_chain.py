@@ -31,10 +31,10 @@ json_values = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | utf8_text,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(utf8_text, inner, max_size=4),
-    max_leaves=8,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(utf8_text, inner, max_size=3),
+    max_leaves=5,
 )
-payload = st.dictionaries(utf8_text, json_values, max_size=4)
+payload = st.dictionaries(utf8_text, json_values, max_size=3)
 """One event's ``data``: a JSON object, possibly empty."""
 
 
@@ -46,7 +46,7 @@ def chain_data(draw: st.DrawFn, min_size: int = 0, max_size: int = 40) -> list[d
     while chains still reach 40 events; every event differs anyway by seq and prev.
     """
     n = draw(st.integers(min_size, max_size), label="events")
-    pool = draw(st.lists(payload, min_size=1, max_size=5), label="payloads")
+    pool = draw(st.lists(payload, min_size=1, max_size=3), label="payloads")
     return [pool[k % len(pool)] for k in range(n)]
 
 
