@@ -101,6 +101,8 @@ async def _check(settings: Settings, url: str) -> int:
 
 
 def _dev(settings: Settings, data_dir: Path) -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if settings.redis_url is not None:
         print(f"Using REDIS_URL={settings.redis_url}.")
         server = None
@@ -117,8 +119,6 @@ def _dev(settings: Settings, data_dir: Path) -> int:
         "only the event log store is. Press Ctrl-C to stop.",
         flush=True,
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         stop.wait()
     except KeyboardInterrupt:

@@ -91,6 +91,8 @@ def encode_data(data: Any, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> bytes
         encoded = _encoder.encode(data)
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise InvalidEvent(f"event data is not JSON-encodable: {exc}") from None
+    except RecursionError:
+        raise InvalidEvent("event data is nested too deeply (or contains a cycle)") from None
     if len(encoded) > max_bytes:
         raise EventTooLarge(
             f"event data is {len(encoded)} bytes, above the limit of {max_bytes}",
@@ -145,8 +147,10 @@ def decode_event(raw: bytes) -> Event:
         return _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise InvalidEvent(f"malformed event: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise InvalidEvent(f"event is not valid JSON: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise InvalidEvent(f"event is not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidEvent("event is nested too deeply") from None
 
 
 def max_data_bytes(*, task: str, kind: str, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> int:
