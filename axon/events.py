@@ -34,6 +34,10 @@ KIND_PATTERN = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
 TERMINAL_KINDS = frozenset({"succeeded", "failed", "canceled", "timed_out"})
 """Kinds that end a task; each one is written only together with its terminal state."""
 
+MAX_DATA_DEPTH = 64
+"""Deepest nesting of objects/arrays in ``data``: a fixed bound far below any decoder's
+recursion limit, so every event the writer accepts can be decoded and verified anywhere."""
+
 RESERVED_KINDS = TERMINAL_KINDS | frozenset({"queued", "claimed", "reclaimed", "requeued"})
 """Kinds only the engine writes, as part of a state transition, never through a plain emit."""
 
@@ -79,7 +83,9 @@ def encode_data(data: Any, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> bytes
     """Encode an event's ``data`` object once, checking it is a JSON object within limits.
 
     Raises:
-        InvalidEvent: ``data`` is not a mapping with string keys, or cannot be encoded.
+        InvalidEvent: ``data`` is not a mapping with string keys, nests deeper than
+            ``MAX_DATA_DEPTH``, or cannot be encoded. (Values follow msgspec's JSON
+            rules: NaN and infinities become ``null``, bytes become base64.)
         EventTooLarge: the encoded data alone exceeds ``max_bytes``.
     """
     if not isinstance(data, dict):
@@ -87,6 +93,7 @@ def encode_data(data: Any, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> bytes
             f"event data must be a JSON object, got {type(data).__name__}",
             type=type(data).__name__,
         )
+    _check_shape(data)
     try:
         encoded = _encoder.encode(data)
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
@@ -100,6 +107,28 @@ def encode_data(data: Any, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> bytes
             limit=max_bytes,
         )
     return encoded
+
+
+def _check_shape(data: dict[Any, Any]) -> None:
+    """Reject non-string keys and nesting deeper than ``MAX_DATA_DEPTH`` (cycles included)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DATA_DEPTH:
+            raise InvalidEvent(
+                f"event data nests deeper than {MAX_DATA_DEPTH} levels (or contains a cycle)",
+                limit=MAX_DATA_DEPTH,
+            )
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise InvalidEvent(f"event data keys must be strings, got {type(key).__name__}")
+                if isinstance(item, dict | list | tuple):
+                    stack.append((item, depth + 1))
+        else:
+            stack.extend(
+                (item, depth + 1) for item in value if isinstance(item, dict | list | tuple)
+            )
 
 
 def build_event(

@@ -195,14 +195,29 @@ def test_decode_rejects_malformed_events(raw: bytes) -> None:
         decode_event(raw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="bug: decode_event lets UnicodeDecodeError escape for invalid UTF-8 in a string",
+@pytest.mark.parametrize(
+    "bad",
+    [b"\xff", b"\x80", b"\xc3", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80"],
+    ids=["ff", "lone-continuation", "truncated", "overlong", "surrogate", "above-max"],
 )
-def test_decode_rejects_invalid_utf8() -> None:
-    """Bytes that are not valid UTF-8 inside a string raise InvalidEvent."""
-    raw = make({"s": "é"}).replace("é".encode(), b"\xff")
+@pytest.mark.parametrize("field", ["task", "data-key", "data-value"])
+def test_decode_rejects_invalid_utf8(bad: bytes, field: str) -> None:
+    """Bytes that are not valid UTF-8 inside any string raise InvalidEvent."""
+    raw = make({"k": "v"}, task="t")
+    target = {"task": b'"t"', "data-key": b'"k"', "data-value": b'"v"'}[field]
+    forged = raw.replace(target, b'"' + bad + b'"')
+    assert forged != raw
+    with pytest.raises(InvalidEvent):
+        decode_event(forged)
+
+
+def test_decode_rejects_too_deep_nesting() -> None:
+    """Event bytes nested too deeply to decode raise InvalidEvent, not RecursionError."""
+    depth = 100_000
+    raw = (
+        b'{"task":"t","seq":1,"prev":"' + GENESIS_HASH.encode() + b'","ts":1,"kind":"k",'
+        b'"data":{"a":' + b"[" * depth + b"]" * depth + b"}}"
+    )
     with pytest.raises(InvalidEvent):
         decode_event(raw)
 
@@ -291,18 +306,21 @@ def test_encode_data_rejects_unencodable_values(data: dict[Any, Any]) -> None:
     assert type(info.value) is InvalidEvent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="bug: encode_data lets RecursionError escape for deeply nested or cyclic data",
-)
 def test_encode_data_rejects_too_deep_data() -> None:
-    """Data nested deeper than the encoder supports raises InvalidEvent."""
+    """Data nested deeper than the encoder supports raises InvalidEvent, not RecursionError."""
     data: dict[str, Any] = {}
     node = data
     for _ in range(5_000):
         node["a"] = {}
         node = node["a"]
+    with pytest.raises(InvalidEvent):
+        encode_data(data)
+
+
+def test_encode_data_rejects_cycles() -> None:
+    """Data that contains itself raises InvalidEvent, not RecursionError."""
+    data: dict[str, Any] = {"list": []}
+    data["list"].append(data)
     with pytest.raises(InvalidEvent):
         encode_data(data)
 
@@ -369,7 +387,7 @@ WIDE_NUMBERS = [
 )
 @pytest.mark.parametrize("max_bytes", [300, 4096, DEFAULT_MAX_EVENT_BYTES])
 def test_max_data_bytes_is_tight(task: str, kind: str, max_bytes: int) -> None:
-    """Data of exactly max_data_bytes always fits with 19-20 digit seq and ts; one more never does."""
+    """Data of exactly max_data_bytes fits with 19-20 digit seq and ts; one byte more does not."""
     limit = max_data_bytes(task=task, kind=kind, max_bytes=max_bytes)
     fits = encode_data(payload_of_size(limit), max_bytes=limit)
     for seq in WIDE_NUMBERS:
@@ -414,3 +432,28 @@ def test_max_data_bytes_holds_for_any_task_kind_seq_ts(
         task=task, seq=seq, prev=GENESIS_HASH, ts=ts, kind=kind, data=fits, max_bytes=max_bytes
     )
     assert len(raw) <= max_bytes
+
+
+def test_nesting_limit_is_fixed() -> None:
+    """Data nested exactly MAX_DATA_DEPTH levels encodes; one level more is InvalidEvent."""
+    from axon.events import MAX_DATA_DEPTH
+
+    def nested(levels: int) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        node = data
+        for _ in range(levels - 1):
+            node["a"] = {}
+            node = node["a"]
+        return data
+
+    assert encode_data(nested(MAX_DATA_DEPTH))
+    with pytest.raises(InvalidEvent, match="deeper"):
+        encode_data(nested(MAX_DATA_DEPTH + 1))
+    with pytest.raises(InvalidEvent, match="deeper"):
+        encode_data({"a": [[[[]]]] * 1, "b": nested(MAX_DATA_DEPTH)})
+
+
+def test_non_string_keys_are_rejected() -> None:
+    """Integer keys would be silently stringified by JSON; they are refused instead."""
+    with pytest.raises(InvalidEvent, match="keys must be strings"):
+        encode_data({"ok": {1: "x"}})
