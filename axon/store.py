@@ -348,10 +348,17 @@ class Store:
     # -- plumbing -----------------------------------------------------------
 
     async def _call(self, awaitable: Any) -> Any:
+        """Await a Redis call, turning Redis failures into ``StoreUnavailable``.
+
+        That covers an unreachable server and one that refuses the command
+        (OOM under noeviction, READONLY after a failover, MISCONF, LOADING, …).
+        """
         try:
             return await awaitable
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+        except ResponseError as exc:
+            raise StoreUnavailable(f"Redis refused the command: {exc}") from exc
 
     async def _run(self, script: lua.Script, keys: list[str], args: list[Any]) -> Any:
         return await self._call(script.run(self.redis, keys, args))
@@ -364,7 +371,7 @@ class Store:
             self._pipeline_on_key(keys[0], script, keys, args, waitaof)
         )
         if isinstance(reply, Exception):
-            raise reply
+            raise StoreUnavailable(f"Redis refused the command: {reply}") from reply
         if isinstance(waited, ResponseError):
             raise DurabilityUnsupported(
                 f"strict durability needs WAITAOF and appendonly enabled: {waited} "

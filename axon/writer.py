@@ -16,6 +16,7 @@ from cancellation: its outcome is always known before the lock is released.
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from axon.errors import (
     EventTooLarge,
     InvalidEvent,
     StaleHead,
+    StoreUnavailable,
 )
 from axon.events import (
     RESERVED_KINDS,
@@ -44,6 +46,10 @@ from axon.task import TaskState
 MAX_STALE_RETRIES = 64
 """How often one batch is rebuilt after losing a race to another writer before giving up."""
 
+STALE_BACKOFF_BASE_S = 0.0005
+STALE_BACKOFF_MAX_S = 0.05
+"""After the second lost race in a row, retries wait a random time up to this exponential cap."""
+
 
 class WriterStatistics(msgspec.Struct, frozen=True, kw_only=True):
     """Counters of one writer, for tests, benchmarks and metrics."""
@@ -57,15 +63,22 @@ class WriterStatistics(msgspec.Struct, frozen=True, kw_only=True):
 class _Item:
     """A group of events from one call that must land together (never split)."""
 
-    __slots__ = ("done", "error", "events", "result", "size", "transition")
+    __slots__ = ("done", "error", "events", "lead", "result", "size", "transition", "wakeup")
 
     def __init__(self, events: list[tuple[str, bytes]], transition: Transition | None) -> None:
         self.events = events
         self.transition = transition
         self.size = sum(len(data) for _, data in events)
         self.done = False
+        self.lead = False  # set when the previous leader hands flushing over to this caller
+        self.wakeup: anyio.Event | None = None
         self.result: list[StoredEvent] = []
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
+
+    def finish(self) -> None:
+        self.done = True
+        if self.wakeup is not None:
+            self.wakeup.set()
 
 
 class EventWriter:
@@ -87,7 +100,7 @@ class EventWriter:
         self._epoch = epoch
         self._head = head
         self._pending: deque[_Item] = deque()
-        self._lock = anyio.Lock()
+        self._leading = False
         self._events = 0
         self._batches = 0
         self._stale = 0
@@ -206,19 +219,49 @@ class EventWriter:
             )
 
     async def _submit(self, item: _Item) -> list[StoredEvent]:
+        """Queue ``item`` and return once it landed (or failed).
+
+        One caller at a time leads: it flushes batches until its own item is
+        done, then hands the lead to the oldest caller still waiting. Everyone
+        else sleeps until the leader either finished their item or passed them
+        the lead. Only one batch is ever in flight, which keeps call order.
+        """
         self._pending.append(item)
-        try:
-            async with self._lock:
+        if self._leading:
+            item.wakeup = anyio.Event()
+            try:
+                await item.wakeup.wait()
+            except BaseException:
+                # Cancelled while waiting: withdraw the item if no batch took it yet,
+                # and pass on the lead if it had just been handed to us.
+                if not item.done and item in self._pending:
+                    self._pending.remove(item)
+                if item.lead and not item.done:
+                    self._hand_off()
+                raise
+        else:
+            self._leading = True
+        if not item.done:
+            try:
                 while not item.done:
+                    if not self._pending:  # cannot happen: a waiting item is always queued
+                        raise RuntimeError("event writer lost track of a queued item")
                     await self._flush_once()
-        except BaseException:
-            # Cancelled while waiting for the lock: withdraw what was not taken yet.
-            if not item.done and item in self._pending:
-                self._pending.remove(item)
-            raise
+            finally:
+                self._hand_off()
         if item.error is not None:
             raise item.error
         return item.result
+
+    def _hand_off(self) -> None:
+        """Give the lead to the oldest waiting caller, or release it if nobody waits."""
+        if self._pending:
+            successor = self._pending[0]
+            successor.lead = True
+            if successor.wakeup is not None:
+                successor.wakeup.set()
+        else:
+            self._leading = False
 
     def _take_batch(self) -> list[_Item]:
         """Pop the next batch: queued items in order, within limits; a transition rides alone."""
@@ -242,29 +285,33 @@ class EventWriter:
 
     async def _flush_once(self) -> None:
         batch = self._take_batch()
-        if not batch:
-            return
         with anyio.CancelScope(shield=True):
             try:
                 stored = await self._append(batch)
-            except AxonError as exc:
+            except Exception as exc:
                 # The head may have moved (a strict-durability error comes after the
                 # write; a lost connection leaves the outcome unknown): re-read it.
                 self._head = None
+                if not isinstance(exc, AxonError):
+                    exc = StoreUnavailable(f"append failed unexpectedly: {exc!r}")
                 for item in batch:
                     item.error = exc
-                    item.done = True
+                    item.finish()
                 return
         offset = 0
         for item in batch:
             item.result = stored[offset : offset + len(item.events)]
             offset += len(item.events)
-            item.done = True
+            item.finish()
 
     async def _append(self, batch: list[_Item]) -> list[StoredEvent]:
         transition = batch[-1].transition
         flat = [event for item in batch for event in item.events]
-        for _ in range(MAX_STALE_RETRIES):
+        for attempt in range(MAX_STALE_RETRIES):
+            if attempt > 1:
+                # Several writers keep colliding: back off with full jitter so one wins.
+                cap = min(STALE_BACKOFF_BASE_S * 2 ** (attempt - 2), STALE_BACKOFF_MAX_S)
+                await anyio.sleep(random.uniform(0, cap))  # noqa: S311 - jitter, not crypto
             head = self._head
             if head is None:
                 head = self._head = await self._store.head(self.task_id)

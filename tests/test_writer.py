@@ -14,12 +14,20 @@ from hypothesis import strategies as st
 
 from axon.chain import verify_chain
 from axon.connection import open_store
-from axon.errors import EventTooLarge, Fenced, InvalidEvent, TaskNotFound, TaskTerminal
+from axon.errors import (
+    EventTooLarge,
+    Fenced,
+    InvalidEvent,
+    StoreUnavailable,
+    TaskNotFound,
+    TaskTerminal,
+)
 from axon.events import decode_event
 from axon.settings import Settings
 from axon.store import Store
 from axon.task import TaskSpec, TaskState
 from axon.writer import EventWriter
+from tests.conftest import Backend
 
 pytestmark = pytest.mark.anyio
 
@@ -277,13 +285,8 @@ async def test_cancelled_waiter_withdraws_its_event(store: Store) -> None:
     """An emit cancelled before its batch was taken is not written; the others are."""
     record = await store.create_task(SPEC)
     writer = EventWriter(store, record.id, epoch=0)
-    release = anyio.Event()
     drop_scope = anyio.CancelScope()
-
-    async def hold_flush_lock(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-        async with writer._lock:  # a flush "in flight": later emits queue up
-            task_status.started()
-            await release.wait()
+    writer._leading = True  # as if another caller's batch were in flight: emits must queue
 
     async def dropper() -> None:
         with drop_scope:
@@ -295,12 +298,78 @@ async def test_cancelled_waiter_withdraws_its_event(store: Store) -> None:
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            await tg.start(hold_flush_lock)
             tg.start_soon(writer.emit, "keep", {"i": 1})
             tg.start_soon(dropper)
-            await pending_is(2)
+            tg.start_soon(writer.emit, "also", {"i": 3})
+            await pending_is(3)
             drop_scope.cancel()
-            await pending_is(1)
-            release.set()
+            await pending_is(2)
+            writer._hand_off()  # the "in-flight" leader finishes and passes the lead on
     kinds = [decode_event(r).kind for r in await chain_of(store, record.id)]
-    assert kinds == ["queued", "keep"]
+    assert kinds == ["queued", "keep", "also"]
+
+
+async def test_cancelled_successor_passes_the_lead_on(store: Store) -> None:
+    """A waiter handed the lead but cancelled before using it passes it on; nobody hangs."""
+    record = await store.create_task(SPEC)
+    writer = EventWriter(store, record.id, epoch=0)
+    first_scope = anyio.CancelScope()
+    writer._leading = True
+
+    async def first() -> None:
+        with first_scope:
+            await writer.emit("first")
+
+    async def pending_is(n: int) -> None:
+        while writer.statistics().pending != n:  # noqa: ASYNC110 - a counter, bounded by fail_after
+            await anyio.sleep(0.001)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            await pending_is(1)
+            tg.start_soon(writer.emit, "second")
+            await pending_is(2)
+            writer._hand_off()  # lead goes to "first" ...
+            first_scope.cancel()  # ... which is cancelled before it runs
+    kinds = [decode_event(r).kind for r in await chain_of(store, record.id)]
+    # Either the cancellation won (first withdrawn, lead passed on) or the wake-up did
+    # (first led and flushed both); never a hang, never a lost "second".
+    assert kinds in (["queued", "second"], ["queued", "first", "second"])
+    assert not writer._leading
+
+
+async def test_redis_refusal_fails_the_batch_without_hanging(
+    make_settings: Callable[..., Settings], backend: Backend
+) -> None:
+    """A write Redis refuses (here: OOM under noeviction) fails every caller in the batch."""
+    if backend.name != "valkey":
+        pytest.skip("changes server memory settings; one server kind is enough")
+    async with open_store(make_settings()) as store:
+        record = await store.create_task(SPEC)
+        writer = EventWriter(store, record.id, epoch=0)
+        await writer.emit("before")
+        old = await store.redis.config_get("maxmemory*")
+        await store.redis.config_set("maxmemory-policy", "noeviction")
+        await store.redis.config_set("maxmemory", "1mb")
+        errors: list[StoreUnavailable] = []
+
+        async def one(i: int) -> None:
+            try:
+                await writer.emit("step", {"i": i})
+            except StoreUnavailable as exc:
+                errors.append(exc)
+
+        try:
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    for i in range(5):
+                        tg.start_soon(one, i)
+        finally:
+            for name, value in old.items():
+                await store.redis.config_set(str(name), str(value))
+        assert len(errors) == 5
+        assert "maxmemory" in errors[0].message
+        await writer.emit("after")  # the writer recovers once Redis accepts writes again
+        kinds = [decode_event(r).kind for r in await chain_of(store, record.id)]
+        assert kinds == ["queued", "before", "after"]
