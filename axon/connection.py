@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
+from redis.connection import HiredisRespSerializer
 
 from axon.errors import ConfigError
 from axon.settings import Settings
@@ -19,6 +22,25 @@ from axon.store import RedisClient, Store
 
 COMMAND_TIMEOUT_S = 10.0
 """Socket timeout of the command client: a hung server surfaces as ``StoreUnavailable``."""
+
+
+class _HiredisPacking:
+    """Pack commands with hiredis (C) instead of redis-py's pure-Python packer.
+
+    redis-py's asyncio connections always pack in Python; for an append batch of
+    hundreds of events that was the largest single client cost (~3 µs/event vs
+    ~1 µs). The output bytes are identical.
+    """
+
+    _packer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return self._packer.pack(*args)  # type: ignore[no-any-return]
+
+
+class HiredisConnection(_HiredisPacking, Connection):
+    """TCP connection packing with hiredis (``redis://`` URLs; TLS and unix sockets
+    keep redis-py's own classes, which ``from_url`` picks for those schemes)."""
 
 
 def connect(settings: Settings, *, url: str | None = None, blocking: bool = False) -> RedisClient:
@@ -35,6 +57,8 @@ def connect(settings: Settings, *, url: str | None = None, blocking: bool = Fals
     timeout = None if blocking else COMMAND_TIMEOUT_S
     if settings.redis_cluster:
         return RedisCluster.from_url(target, socket_timeout=timeout)
+    if target.lower().startswith("redis://"):
+        return Redis.from_url(target, socket_timeout=timeout, connection_class=HiredisConnection)
     return Redis.from_url(target, socket_timeout=timeout)
 
 

@@ -40,7 +40,7 @@ from axon.errors import (
     TaskNotFound,
     TaskTerminal,
 )
-from axon.events import GENESIS_HASH, build_event, encode_data, event_hash
+from axon.events import GENESIS_HASH, build_event, encode_data, event_hash, kind_of
 from axon.keys import KeySpace, check_task_id, new_task_id
 from axon.settings import Settings
 from axon.task import TaskRecord, TaskSpec, TaskState
@@ -439,7 +439,8 @@ def _parse_entries(rows: Any) -> list[StoredEvent]:
     out = []
     for entry_id, fields in rows:
         seq = int(entry_id.split(b"-", 1)[0])
-        out.append(StoredEvent(seq, fields[b"k"].decode(), fields[b"e"]))
+        raw = fields[b"e"]
+        out.append(StoredEvent(seq, kind_of(raw), raw))
     return out
 
 

@@ -181,19 +181,19 @@ class EventWriter:
     def _prepare(
         self, kind: str, data: Mapping[str, Any] | None, *, reserved_ok: bool = False
     ) -> tuple[str, bytes]:
-        check_kind(kind)
+        limit = self._limits.get(kind) if isinstance(kind, str) else None
+        if limit is None:  # first use of this kind by this writer: validate and size it once
+            check_kind(kind)
+            limit = max_data_bytes(
+                task=self.task_id, kind=kind, max_bytes=self._settings.max_event_bytes
+            )
+            self._limits[kind] = limit
         if kind in RESERVED_KINDS and not reserved_ok:
             raise InvalidEvent(
                 f"kind {kind!r} is written by the engine with its state change; "
                 "use transition() or finish()",
                 kind=kind,
             )
-        limit = self._limits.get(kind)
-        if limit is None:
-            limit = max_data_bytes(
-                task=self.task_id, kind=kind, max_bytes=self._settings.max_event_bytes
-            )
-            self._limits[kind] = limit
         encoded = encode_data({} if data is None else data, max_bytes=1 << 62)
         if len(encoded) > limit:
             raise EventTooLarge(

@@ -19,11 +19,13 @@ from axon.errors import EventTooLarge, InvalidEvent
 from axon.events import (
     DEFAULT_MAX_EVENT_BYTES,
     GENESIS_HASH,
+    KIND_PATTERN,
     build_event,
     check_kind,
     decode_event,
     encode_data,
     event_hash,
+    kind_of,
     max_data_bytes,
 )
 
@@ -456,3 +458,23 @@ def test_nesting_limit_is_fixed() -> None:
 def test_non_string_keys_become_strings() -> None:
     """Non-string keys are stringified as JSON requires (as json.dumps does)."""
     assert encode_data({"ok": {1: "x", 2.5: True}}) == b'{"ok":{"1":"x","2.5":true}}'
+
+
+@given(
+    kind=st.from_regex(KIND_PATTERN, fullmatch=True),
+    data=st.dictionaries(st.text(max_size=8), st.text(max_size=20), max_size=4),
+)
+@settings(max_examples=100, deadline=None)
+def test_kind_of_reads_the_envelope_kind(kind: str, data: dict[str, str]) -> None:
+    """kind_of finds the envelope's kind even when data holds a decoy "kind" key."""
+    decoy = {**data, "kind": "decoy", "x": ',"kind":"decoy"'}
+    raw = build_event(
+        task="t_1", seq=3, prev=GENESIS_HASH, ts=1, kind=kind, data=encode_data(decoy)
+    )
+    assert kind_of(raw) == kind == decode_event(raw).kind
+
+
+def test_kind_of_rejects_foreign_layout() -> None:
+    """Bytes not laid out by the writer are refused, not misread."""
+    with pytest.raises(InvalidEvent):
+        kind_of(b'{"kind":"x"}')

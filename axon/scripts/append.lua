@@ -9,7 +9,8 @@
 -- ARGV[5] target state or ''     ARGV[6] new epoch or ''
 -- ARGV[7] now (ms)               ARGV[8] n: number of extra record fields
 -- ARGV[9 .. 8+2n] extra field/value pairs ('' value deletes the field)
--- ARGV[9+2n ..] kind/bytes pairs, one per event, in seq order
+-- ARGV[9+2n ..] kind/bytes pairs, one per event, in seq order (the kind is passed
+--   for the checks below; the stream stores only the bytes, which contain it)
 --
 -- Returns {'ok', last_seq} or one of
 --   {'not_found'} {'terminal', state} {'fenced', epoch}
@@ -56,7 +57,7 @@ local seq = tonumber(rec[3])
 local nbytes = 0
 for i = first, last, 2 do
   seq = seq + 1
-  redis.call('XADD', stream, seq .. '-0', 'k', ARGV[i], 'e', ARGV[i + 1])
+  redis.call('XADD', stream, seq .. '-0', 'e', ARGV[i + 1])
   nbytes = nbytes + string.len(ARGV[i + 1])
 end
 

@@ -1,12 +1,12 @@
 -- Create a task record and append its first event, atomically.
 -- KEYS[1] task hash, KEYS[2] events stream
--- ARGV[1] first event kind, ARGV[2] first event bytes, ARGV[3] hash of those bytes,
+-- ARGV[1] first event kind (unused; kept for symmetry with append), ARGV[2] first event bytes, ARGV[3] hash of those bytes,
 -- ARGV[4] now (ms), ARGV[5..] field/value pairs of the record
 -- Returns {'ok'} or {'exists'}.
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
   return {'exists'}
 end
-redis.call('XADD', KEYS[2], '1-0', 'k', ARGV[1], 'e', ARGV[2])
+redis.call('XADD', KEYS[2], '1-0', 'e', ARGV[2])
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('HSET', KEYS[1],
   'state', 'queued', 'epoch', '0', 'attempt', '0',
