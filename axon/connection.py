@@ -55,11 +55,22 @@ def connect(settings: Settings, *, url: str | None = None, blocking: bool = Fals
     if target is None:
         raise ConfigError("no Redis URL configured (set REDIS_URL or start the embedded Valkey)")
     timeout = None if blocking else COMMAND_TIMEOUT_S
+    client: RedisClient
     if settings.redis_cluster:
-        return RedisCluster.from_url(target, socket_timeout=timeout)
-    if target.lower().startswith("redis://"):
-        return Redis.from_url(target, socket_timeout=timeout, connection_class=HiredisConnection)
-    return Redis.from_url(target, socket_timeout=timeout)
+        client = RedisCluster.from_url(target, socket_timeout=timeout)
+    elif target.lower().startswith("redis://"):
+        client = Redis.from_url(target, socket_timeout=timeout, connection_class=HiredisConnection)
+    else:
+        client = Redis.from_url(target, socket_timeout=timeout)
+    # Stream replies stay raw ([id, [field, value]]): redis-py's callbacks would build
+    # a dict per entry only for the store to take it apart again (see Store.read).
+    for command in ("XRANGE", "XREAD"):
+        client.set_response_callback(command, _raw_reply)
+    return client
+
+
+def _raw_reply(response: Any, **options: Any) -> Any:
+    return response
 
 
 @asynccontextmanager

@@ -322,8 +322,13 @@ class Store:
         )
         if not reply:
             return []
-        # RESP2: [[key, entries]]; RESP3: {key: [entries]}
-        entries = next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
+        # RESP2: [[key, entries]]; RESP3: {key: entries} (parsed: {key: [entries]})
+        if isinstance(reply, dict):
+            entries = next(iter(reply.values()))
+            if entries and isinstance(entries[0], list) and isinstance(entries[0][0], list):
+                entries = entries[0]
+        else:
+            entries = reply[0][1]
         return _parse_entries(entries)
 
     # -- server -------------------------------------------------------------
@@ -436,11 +441,12 @@ def _check_spec(spec: TaskSpec) -> None:
 
 
 def _parse_entries(rows: Any) -> list[StoredEvent]:
+    """Stream entries to events; takes raw replies (``[id, [b"e", bytes]]``, as our
+    own clients return them) and redis-py's parsed ones (``(id, {b"e": bytes})``)."""
     out = []
     for entry_id, fields in rows:
-        seq = int(entry_id.split(b"-", 1)[0])
-        raw = fields[b"e"]
-        out.append(StoredEvent(seq, kind_of(raw), raw))
+        raw = fields[b"e"] if isinstance(fields, dict) else fields[1]
+        out.append(StoredEvent(int(entry_id[: entry_id.index(b"-")]), kind_of(raw), raw))
     return out
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from axon.chain import GENESIS, ChainHead, verify_chain
 from axon.errors import (
@@ -18,6 +22,7 @@ from axon.errors import (
     TaskTerminal,
 )
 from axon.events import GENESIS_HASH, build_event, decode_event, encode_data, event_hash
+from axon.settings import Settings
 from axon.store import Store, Transition
 from axon.task import TRANSITIONS, TaskSpec, TaskState
 
@@ -324,3 +329,24 @@ async def test_keys_share_one_slot(store: Store) -> None:
 
     keys = [store.keys.task("t_abc"), store.keys.events("t_abc")]
     assert len({key_slot(k.encode()) for k in keys}) == 1
+
+
+async def test_store_works_on_a_plain_redis_py_client(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A Store on a caller's own client (redis-py's reply parsing intact) reads the same."""
+    settings = make_settings()
+    url = str(settings.redis_url)
+    client: Redis | RedisCluster
+    client = RedisCluster.from_url(url) if settings.redis_cluster else Redis.from_url(url)
+    try:
+        store = Store(client, settings=settings)
+        record = await store.create_task(SPEC)
+        head = await append(store, record.id, "a", "b")
+        events = await store.read(record.id)
+        assert [e.kind for e in events] == ["queued", "a", "b"]
+        verify_chain([e.raw for e in events], expected_head=head)
+        waited = await store.wait_events(record.id, after_seq=1, timeout_ms=1000)
+        assert [e.raw for e in waited] == [e.raw for e in events[1:]]
+    finally:
+        await client.aclose()
