@@ -180,11 +180,23 @@ def kind_of(raw: bytes) -> str:
     Raises:
         InvalidEvent: the bytes do not have the writer's layout.
     """
-    start = raw.find(_KIND_MARK)
-    end = raw.find(b'"', start + len(_KIND_MARK)) if start >= 0 else -1
-    if end < 0:
+    start = raw.find(_KIND_MARK) + _KIND_SKIP
+    end = raw.find(b'"', start)
+    if start < _KIND_SKIP or end < 0:
         raise InvalidEvent("event bytes have no kind field where the writer puts it")
-    return raw[start + len(_KIND_MARK) : end].decode()
+    return _kind_names.get(raw[start:end]) or _kind_name(raw[start:end])
+
+
+_KIND_SKIP = len(_KIND_MARK)
+_kind_names: dict[bytes, str] = {}
+
+
+def _kind_name(raw_kind: bytes) -> str:
+    """Decode a kind once and remember it (kinds are few and repeat endlessly)."""
+    name = raw_kind.decode("utf-8", "replace")
+    if len(_kind_names) < 4096:
+        _kind_names[raw_kind] = name
+    return name
 
 
 def decode_event(raw: bytes) -> Event:

@@ -56,12 +56,38 @@ MUTABLE_FIELDS = frozenset(
 """Record fields a transition may set; state, epoch, head and counters move only by script."""
 
 
-class StoredEvent(msgspec.Struct, frozen=True, gc=False):
-    """One event as read back: its seq, its kind and its exact bytes."""
+class StoredEvent:
+    """One event as stored: its seq and its exact bytes; its kind on demand.
 
-    seq: int
-    kind: str
-    raw: bytes
+    Reading the kind out of the bytes costs about a microsecond, so a page read
+    does not pay it for consumers that never look (verification, export); the
+    first ``.kind`` computes and keeps it.
+    """
+
+    __slots__ = ("_kind", "raw", "seq")
+
+    def __init__(self, seq: int, raw: bytes, kind: str | None = None) -> None:
+        self.seq = seq
+        self.raw = raw
+        self._kind = kind
+
+    @property
+    def kind(self) -> str:
+        """The event's ``kind``."""
+        if self._kind is None:
+            self._kind = kind_of(self.raw)
+        return self._kind
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredEvent):
+            return NotImplemented
+        return self.seq == other.seq and self.raw == other.raw
+
+    def __hash__(self) -> int:
+        return hash((self.seq, self.raw))
+
+    def __repr__(self) -> str:
+        return f"StoredEvent(seq={self.seq}, kind={self.kind!r}, raw=<{len(self.raw)} bytes>)"
 
 
 class Transition(msgspec.Struct, frozen=True, kw_only=True):
@@ -443,11 +469,19 @@ def _check_spec(spec: TaskSpec) -> None:
 def _parse_entries(rows: Any) -> list[StoredEvent]:
     """Stream entries to events; takes raw replies (``[id, [b"e", bytes]]``, as our
     own clients return them) and redis-py's parsed ones (``(id, {b"e": bytes})``)."""
-    out = []
-    for entry_id, fields in rows:
-        raw = fields[b"e"] if isinstance(fields, dict) else fields[1]
-        out.append(StoredEvent(int(entry_id[: entry_id.index(b"-")]), kind_of(raw), raw))
-    return out
+    if not rows:
+        return []
+    raws = [fields[b"e"] if isinstance(fields, dict) else fields[1] for _, fields in rows]
+    first, last = _entry_seq(rows[0][0]), _entry_seq(rows[-1][0])
+    if last - first + 1 == len(rows):  # ids rise strictly, so these are exactly contiguous
+        seqs: Any = range(first, last + 1)
+    else:
+        seqs = [_entry_seq(entry_id) for entry_id, _ in rows]
+    return [StoredEvent(seq, raw) for seq, raw in zip(seqs, raws, strict=True)]
+
+
+def _entry_seq(entry_id: bytes) -> int:
+    return int(entry_id[: entry_id.index(b"-")])
 
 
 def _first_node(info: dict[str, Any]) -> dict[str, Any]:

@@ -333,7 +333,7 @@ class EventWriter:
                 self._epoch = transition.new_epoch
             self._events += len(flat)
             self._batches += 1
-            return [StoredEvent(head.seq + 1 + i, kind, raw) for i, (kind, raw) in enumerate(built)]
+            return [StoredEvent(head.seq + 1 + i, raw, kind) for i, (kind, raw) in enumerate(built)]
         raise StaleHead(
             f"gave up after {MAX_STALE_RETRIES} lost races for the head of task {self.task_id}",
             task_id=self.task_id,
