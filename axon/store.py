@@ -162,7 +162,13 @@ class Store:
         try:
             args = encode_data(spec.args, max_bytes=limit)
         except InvalidEvent as exc:
-            raise InvalidTaskSpec(f"args: {exc.message}", **exc.details) from None
+            raise InvalidTaskSpec(f"args: {exc.message}", field="args", **exc.details) from None
+        try:
+            metadata = encode_data(spec.metadata, max_bytes=limit)
+        except InvalidEvent as exc:
+            raise InvalidTaskSpec(
+                f"metadata: {exc.message}", field="metadata", **exc.details
+            ) from None
         ts = now_ms()
         first = {"adapter": spec.adapter, "lane": spec.lane, "attempt": 0}
         if spec.name is not None:
@@ -178,7 +184,7 @@ class Store:
         )
         fields: list[Any] = [
             "tenant", spec.tenant, "adapter", spec.adapter, "args", args,
-            "lane", spec.lane, "metadata", msgspec.json.encode(spec.metadata),
+            "lane", spec.lane, "metadata", metadata,
             "max_attempts", spec.max_attempts,
         ]  # fmt: skip
         if spec.name is not None:
@@ -186,7 +192,9 @@ class Store:
         if spec.timeout_s is not None:
             fields += ["timeout_s", repr(spec.timeout_s)]
         keys = [self.keys.task(task_id), self.keys.events(task_id)]
-        reply = await self._run(lua.CREATE, keys, ["queued", raw, event_hash(raw), ts, *fields])
+        reply = await self._run_write(
+            lua.CREATE, keys, ["queued", raw, event_hash(raw), ts, *fields]
+        )
         if _text(reply[0]) == "exists":
             raise TaskExists(f"task {task_id} already exists", task_id=task_id)
         return await self.get_task(task_id)
@@ -225,7 +233,7 @@ class Store:
             TaskTerminal: the task already finished; nothing to cancel.
         """
         check_task_id(task_id)
-        reply = await self._run(lua.CANCEL, [self.keys.task(task_id)], [now_ms()])
+        reply = await self._run_write(lua.CANCEL, [self.keys.task(task_id)], [now_ms()])
         status = _text(reply[0])
         if status == "not_found":
             raise TaskNotFound(f"task {task_id} not found", task_id=task_id)
@@ -273,10 +281,7 @@ class Store:
         for kind, raw in events:
             args += [kind, raw]
         keys = [self.keys.task(task_id), self.keys.events(task_id)]
-        if self.settings.durability == "strict":
-            reply = await self._run_strict(lua.APPEND, keys, args)
-        else:
-            reply = await self._run(lua.APPEND, keys, args)
+        reply = await self._run_write(lua.APPEND, keys, args)
         status = _text(reply[0])
         if status == "ok":
             return ChainHead(seq=int(reply[1]), hash=new_hash)
@@ -393,6 +398,12 @@ class Store:
 
     async def _run(self, script: lua.Script, keys: list[str], args: list[Any]) -> Any:
         return await self._call(script.run(self.redis, keys, args))
+
+    async def _run_write(self, script: lua.Script, keys: list[str], args: list[Any]) -> Any:
+        """Run a script that writes, honouring the durability mode."""
+        if self.settings.durability == "strict":
+            return await self._run_strict(script, keys, args)
+        return await self._run(script, keys, args)
 
     async def _run_strict(self, script: lua.Script, keys: list[str], args: list[Any]) -> Any:
         """Run ``script`` and WAITAOF on the same connection, so the wait covers the write."""

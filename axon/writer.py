@@ -1,17 +1,18 @@
 """The event writer: one task's appends, coalesced into batches, in call order.
 
 Every append goes through ``EventWriter``: a single ``emit`` and a batch share
-one path. Concurrent callers queue their events; whoever holds the flush lock
-takes everything queued so far (up to the batch limits) and appends it in one
-script call, so under load many emits cost one round trip, and no emit waits
-for more than the batch in flight. Order is the order of the calls.
+one path. Concurrent callers queue their events; one of them leads and sends
+everything queued so far (up to the batch limits) in one script call, then
+hands the lead to the oldest caller still waiting. Under load many emits cost
+one round trip, only one batch is ever in flight, and seq order is call order.
 
 The writer builds each event's bytes from its cached head (seq and hash) and
 its lease epoch. When another writer moved the head, the script answers with
 the current head and the batch is rebuilt on top of it (optimistic
-concurrency); when the epoch is no longer current, the writer is fenced and
-everything it still holds fails with ``Fenced``. A flush in flight is shielded
-from cancellation: its outcome is always known before the lock is released.
+concurrency, with jittered backoff after repeated collisions); when the epoch
+is no longer current, the writer is fenced and its batch fails with
+``Fenced``. A flush in flight is shielded from cancellation, so its outcome is
+always known before the next batch is built.
 """
 
 from __future__ import annotations

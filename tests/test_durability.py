@@ -26,18 +26,22 @@ async def test_strict_append_waits_for_fsync_or_says_why(
     settings = make_settings(durability="strict", durability_timeout_ms=5000)
     async with open_store(settings) as store:
         info = await store.server_info()
-        record = await store.create_task(SPEC)
-        writer = EventWriter(store, record.id, epoch=0)
         if info.waitaof and info.aof_enabled:
-            stored = await writer.emit("step", {"durable": True})
+            record = await store.create_task(SPEC)
+            stored = await EventWriter(store, record.id, epoch=0).emit("step", {"durable": True})
             assert stored.seq == 2
             assert len(await store.read(record.id)) == 2
-        else:
-            assert backend.name == "redis7"  # Redis 7.0 has no WAITAOF; AOF is off there too
-            with pytest.raises(DurabilityUnsupported) as caught:
-                await writer.emit("step")
-            assert caught.value.details["appended"] is True
-            assert "WAITAOF" in caught.value.message
+            return
+        assert backend.name == "redis7"  # Redis 7.0 has no WAITAOF; AOF is off there too
+        with pytest.raises(DurabilityUnsupported) as caught:
+            await store.create_task(SPEC, task_id="strict-create")
+        assert caught.value.details["appended"] is True
+        assert "WAITAOF" in caught.value.message
+        # The write itself happened; only its fsync could not be confirmed.
+        writer = EventWriter(store, "strict-create", epoch=0)
+        with pytest.raises(DurabilityUnsupported):
+            await writer.emit("step")
+        assert len(await store.read("strict-create")) == 2
 
 
 async def test_strict_append_demands_replicas_it_cannot_get(
@@ -49,11 +53,14 @@ async def test_strict_append_demands_replicas_it_cannot_get(
         info = await store.server_info()
         if not (info.waitaof and info.aof_enabled):
             pytest.skip(f"{backend.name} cannot confirm fsyncs at all")
-        record = await store.create_task(SPEC)
         with pytest.raises(DurabilityTimeout) as caught:
-            await EventWriter(store, record.id, epoch=0).emit("step")
+            await store.create_task(SPEC, task_id="needs-a-replica")
         # everysec may not have fsynced locally within 50 ms either; no replica ever can.
         assert caught.value.details["replicas"] == 0
+        writer = EventWriter(store, "needs-a-replica", epoch=0)  # the create did happen
+        with pytest.raises(DurabilityTimeout):
+            await writer.emit("step")
+        assert len(await store.read("needs-a-replica")) == 2
 
 
 async def test_server_info_reports_capabilities(

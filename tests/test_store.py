@@ -100,6 +100,8 @@ async def test_create_task_rejects_taken_id(store: Store) -> None:
         TaskSpec(tenant="acme", adapter="mock", max_attempts=0),
         TaskSpec(tenant="acme", adapter="mock", timeout_s=0),
         TaskSpec(tenant="acme", adapter="mock", args={"x": "y" * (1 << 20)}),
+        TaskSpec(tenant="acme", adapter="mock", metadata={"x": "y" * (1 << 20)}),
+        TaskSpec(tenant="acme", adapter="mock", name=""),
     ],
 )
 async def test_create_task_rejects_bad_spec(store: Store, spec: TaskSpec) -> None:
