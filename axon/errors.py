@@ -88,6 +88,12 @@ class TaskTerminal(AppendRejected):
     code = "task_terminal"
 
 
+class LeaseLive(AppendRejected):
+    """Raised when a takeover requires an expired lease but the holder renewed it."""
+
+    code = "lease_live"
+
+
 class IllegalTransition(AppendRejected):
     """Raised when a state change is not allowed by the task state machine."""
 

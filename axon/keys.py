@@ -58,3 +58,34 @@ class KeySpace:
     def events(self, task_id: str) -> str:
         """Stream holding the task's events; entry id ``<seq>-0``, fields ``k`` and ``e``."""
         return f"{self.prefix}:{{{task_id}}}:events"
+
+    # -- the queue: every key under one hash tag, so queue scripts are single-slot --
+
+    @property
+    def queue_tag(self) -> str:
+        """Hash tag shared by all queue keys (lanes, in-flight set, delays, signal, DLQ)."""
+        return f"{self.prefix}:{{{self.prefix}.queue}}"
+
+    def lane(self, name: str) -> str:
+        """List of task ids waiting in lane ``name`` (oldest first)."""
+        return f"{self.queue_tag}:lane:{name}"
+
+    def inflight(self) -> str:
+        """Sorted set: task id -> lease deadline (ms) of every claimed task."""
+        return f"{self.queue_tag}:inflight"
+
+    def delayed(self) -> str:
+        """Sorted set: ``<lane>|<task id>`` -> due time (ms) of retries waiting out a backoff."""
+        return f"{self.queue_tag}:delayed"
+
+    def signal(self) -> str:
+        """Stream with one entry per enqueue: idle workers block on it to wake up."""
+        return f"{self.queue_tag}:signal"
+
+    def dlq(self) -> str:
+        """Stream of dead letters: tasks that failed for good, with the reason."""
+        return f"{self.queue_tag}:dlq"
+
+    def cancel_channel(self) -> str:
+        """Pub/Sub channel carrying the ids of tasks whose cancellation was requested."""
+        return f"{self.prefix}:cancel"

@@ -8,6 +8,7 @@ laptop.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Literal
 
@@ -17,6 +18,9 @@ from axon.errors import ConfigError
 from axon.events import DEFAULT_MAX_EVENT_BYTES
 
 Durability = Literal["fast", "strict"]
+SandboxMode = Literal["required", "auto", "off"]
+
+LANE_PATTERN = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -33,6 +37,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             also waits until the AOF write is fsynced (WAITAOF, Redis >= 7.2 / Valkey).
         durability_replicas: with ``strict``, how many replicas must also have fsynced.
         durability_timeout_ms: with ``strict``, how long to wait for the fsync.
+        lanes: lane names, highest priority first.
+        lane_fairness: every Nth claim of a worker scans lanes lowest first, so a
+            busy high lane cannot starve the others (1 disables priority).
+        worker_concurrency: tasks one worker runs at once.
+        heartbeat_interval_s / lease_timeout_s: how often a worker renews a lease,
+            and how long a lease lasts without renewal before it may be reclaimed.
+        watchdog_interval_s: how often a worker looks for expired leases and due retries.
+        default_timeout_s: a task's run time limit when it sets none.
+        cancel_grace_s / timeout_grace_s / shutdown_grace_s: how long a stopped run
+            may take to end gracefully before it is killed, per reason.
+        shell_sandbox: ``required`` (refuse without bubblewrap), ``auto`` (sandbox
+            when available) or ``off``.
     """
 
     redis_url: str | None = None
@@ -44,6 +60,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     durability: Durability = "fast"
     durability_replicas: int = 0
     durability_timeout_ms: int = 2000
+    lanes: tuple[str, ...] = ("high", "default", "low")
+    lane_fairness: int = 8
+    worker_concurrency: int = 10
+    heartbeat_interval_s: float = 2.0
+    lease_timeout_s: float = 10.0
+    watchdog_interval_s: float = 1.0
+    default_timeout_s: float = 3600.0
+    cancel_grace_s: float = 0.2
+    timeout_grace_s: float = 5.0
+    shutdown_grace_s: float = 10.0
+    shell_sandbox: SandboxMode = "required"
 
     def __post_init__(self) -> None:
         if not self.key_prefix or any(c in self.key_prefix for c in "{} \n"):
@@ -58,6 +85,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError("durability must be 'fast' or 'strict'")
         if self.durability_replicas < 0 or self.durability_timeout_ms < 1:
             raise ConfigError("durability_replicas must be >= 0 and durability_timeout_ms >= 1")
+        if not self.lanes or len(set(self.lanes)) != len(self.lanes):
+            raise ConfigError("lanes must be a non-empty list of distinct names")
+        for lane in self.lanes:
+            if LANE_PATTERN.fullmatch(lane) is None:
+                raise ConfigError(f"lane {lane!r}: use 1-64 characters of a-z, 0-9, '_', '.', '-'")
+        if self.lane_fairness < 1 or self.worker_concurrency < 1:
+            raise ConfigError("lane_fairness and worker_concurrency must be at least 1")
+        if not 0 < self.heartbeat_interval_s < self.lease_timeout_s:
+            raise ConfigError("heartbeat_interval_s must be positive and below lease_timeout_s")
+        for name in (
+            "watchdog_interval_s",
+            "default_timeout_s",
+            "cancel_grace_s",
+            "timeout_grace_s",
+            "shutdown_grace_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.shell_sandbox not in ("required", "auto", "off"):
+            raise ConfigError("shell_sandbox must be 'required', 'auto' or 'off'")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -85,6 +132,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 return True
             raise ConfigError(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
 
+        def number(name: str, default: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return float(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+        def choice(name: str, default: str, options: tuple[str, ...]) -> str:
+            raw = env.get(name) or default
+            if raw not in options:
+                raise ConfigError(f"{name} must be one of {', '.join(options)}; got {raw!r}")
+            return raw
+
+        lanes = tuple(x.strip() for x in env.get("AXON_LANES", "").split(",") if x.strip())
         durability = env.get("AXON_DURABILITY", "fast") or "fast"
         if durability not in ("fast", "strict"):
             raise ConfigError(f"AXON_DURABILITY must be 'fast' or 'strict', got {durability!r}")
@@ -98,4 +161,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             durability=durability,  # type: ignore[arg-type]
             durability_replicas=integer("AXON_DURABILITY_REPLICAS", 0),
             durability_timeout_ms=integer("AXON_DURABILITY_TIMEOUT_MS", 2000),
+            lanes=lanes or ("high", "default", "low"),
+            lane_fairness=integer("AXON_LANE_FAIRNESS", 8),
+            worker_concurrency=integer("AXON_WORKER_CONCURRENCY", 10),
+            heartbeat_interval_s=number("AXON_HEARTBEAT_INTERVAL_S", 2.0),
+            lease_timeout_s=number("AXON_LEASE_TIMEOUT_S", 10.0),
+            watchdog_interval_s=number("AXON_WATCHDOG_INTERVAL_S", 1.0),
+            default_timeout_s=number("AXON_DEFAULT_TIMEOUT_S", 3600.0),
+            cancel_grace_s=number("AXON_CANCEL_GRACE_S", 0.2),
+            timeout_grace_s=number("AXON_TIMEOUT_GRACE_S", 5.0),
+            shutdown_grace_s=number("AXON_SHUTDOWN_GRACE_S", 10.0),
+            shell_sandbox=choice(  # type: ignore[arg-type]
+                "AXON_SHELL_SANDBOX", "required", ("required", "auto", "off")
+            ),
         )

@@ -34,6 +34,7 @@ from axon.errors import (
     IllegalTransition,
     InvalidEvent,
     InvalidTaskSpec,
+    LeaseLive,
     StaleHead,
     StoreUnavailable,
     TaskExists,
@@ -51,7 +52,7 @@ NAME_PATTERN = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
 TENANT_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 MUTABLE_FIELDS = frozenset(
-    {"lease_owner", "lease_deadline_ms", "attempt", "cancel_requested", "error"}
+    {"lease_owner", "lease_deadline_ms", "attempt", "cancel_requested", "error", "wall_ms"}
 )
 """Record fields a transition may set; state, epoch, head and counters move only by script."""
 
@@ -97,11 +98,14 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
         to: the target state; the state machine decides whether it is allowed.
         new_epoch: a new fencing token (must be higher), e.g. when a worker claims.
         fields: record fields to set (empty string deletes), from ``MUTABLE_FIELDS``.
+        lease_expired_before: only if the task's lease deadline is earlier than this
+            (unix ms); otherwise ``LeaseLive``. How a watchdog takes over safely.
     """
 
     to: TaskState
     new_epoch: int | None = None
     fields: dict[str, str] = msgspec.field(default_factory=dict)
+    lease_expired_before: int | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.fields) - MUTABLE_FIELDS
@@ -186,6 +190,8 @@ class Store:
             "tenant", spec.tenant, "adapter", spec.adapter, "args", args,
             "lane", spec.lane, "metadata", metadata,
             "max_attempts", spec.max_attempts,
+            "retry_backoff_s", repr(spec.retry_backoff_s),
+            "retry_backoff_max_s", repr(spec.retry_backoff_max_s),
         ]  # fmt: skip
         if spec.name is not None:
             fields += ["name", spec.name]
@@ -272,10 +278,17 @@ class Store:
         new_hash = event_hash(events[-1][1])
         args: list[Any] = [expected.seq, expected.hash, epoch, new_hash]
         if transition is None:
-            args += ["", "", now_ms(), 0]
+            args += ["", "", now_ms(), "", 0]
         else:
             epoch_arg = "" if transition.new_epoch is None else transition.new_epoch
-            args += [transition.to.value, epoch_arg, now_ms(), len(transition.fields)]
+            guard = transition.lease_expired_before
+            args += [
+                transition.to.value,
+                epoch_arg,
+                now_ms(),
+                "" if guard is None else guard,
+                len(transition.fields),
+            ]
             for name, value in transition.fields.items():
                 args += [name, value]
         for kind, raw in events:
@@ -473,8 +486,13 @@ def _check_spec(spec: TaskSpec) -> None:
         raise InvalidTaskSpec("name must be 1-200 characters", field="name")
     if spec.max_attempts < 1:
         raise InvalidTaskSpec("max_attempts must be at least 1", field="max_attempts")
-    if spec.timeout_s is not None and not spec.timeout_s > 0:
+    if spec.timeout_s is not None and not 0 < spec.timeout_s < 10**7:
         raise InvalidTaskSpec("timeout_s must be positive", field="timeout_s")
+    if not 0 < spec.retry_backoff_s <= spec.retry_backoff_max_s < 10**7:
+        raise InvalidTaskSpec(
+            "retry backoff must satisfy 0 < retry_backoff_s <= retry_backoff_max_s",
+            field="retry_backoff_s",
+        )
 
 
 def _parse_entries(rows: Any) -> list[StoredEvent]:
@@ -526,6 +544,11 @@ def _append_error(
         return TaskTerminal(f"task {task_id} already {state}", task_id=task_id, state=state)
     if status == "not_found":
         return TaskNotFound(f"task {task_id} not found", task_id=task_id)
+    if status == "lease_live":
+        deadline = int(reply[1])
+        return LeaseLive(
+            f"task {task_id} lease is live until {deadline}", task_id=task_id, deadline_ms=deadline
+        )
     if status == "illegal":
         state, target = _text(reply[1]), _text(reply[2])
         return IllegalTransition(

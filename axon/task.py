@@ -87,6 +87,8 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
     timeout_s: float | None = None
     max_attempts: int = 1
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 300.0
 
 
 class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,6 +103,8 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, str]
     timeout_s: float | None
     max_attempts: int
+    retry_backoff_s: float
+    retry_backoff_max_s: float
     state: TaskState
     created_ms: int
     updated_ms: int
@@ -111,6 +115,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     lease_owner: str | None
     lease_deadline_ms: int | None
     cancel_requested: bool
+    wall_ms: int
     events: int
     event_bytes: int
     head_seq: int
@@ -129,7 +134,10 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
             raw = f.get(name)
             return int(raw) if raw else None
 
-        timeout = f.get("timeout_s")
+        def real(name: str) -> float | None:
+            raw = f.get(name)
+            return float(raw) if raw else None
+
         return cls(
             id=task_id,
             tenant=text("tenant") or "",
@@ -138,8 +146,10 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
             lane=text("lane") or "default",
             name=text("name"),
             metadata=_json_str_map.decode(f.get("metadata") or b"{}"),
-            timeout_s=float(timeout) if timeout else None,
+            timeout_s=real("timeout_s"),
             max_attempts=num("max_attempts") or 1,
+            retry_backoff_s=real("retry_backoff_s") or 1.0,
+            retry_backoff_max_s=real("retry_backoff_max_s") or 300.0,
             state=TaskState(text("state") or "queued"),
             created_ms=num("created_ms") or 0,
             updated_ms=num("updated_ms") or 0,
@@ -150,6 +160,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
             lease_owner=text("lease_owner"),
             lease_deadline_ms=num("lease_deadline_ms"),
             cancel_requested=f.get("cancel_requested") == b"1",
+            wall_ms=num("wall_ms") or 0,
             events=num("events") or 0,
             event_bytes=num("bytes") or 0,
             head_seq=num("head_seq") or 0,

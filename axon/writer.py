@@ -155,27 +155,48 @@ class EventWriter:
         *,
         new_epoch: int | None = None,
         fields: Mapping[str, str] | None = None,
+        lease_expired_before: int | None = None,
     ) -> StoredEvent:
         """Append ``kind`` and move the task to ``to`` in the same script.
 
         Terminal states take their own name as kind (``finish`` does that). With
-        ``new_epoch`` the writer adopts the new fencing token on success.
+        ``new_epoch`` the writer adopts the new fencing token on success. With
+        ``lease_expired_before`` it only happens if the current lease expired.
 
         Raises:
             IllegalTransition / TaskTerminal: the state machine forbids it.
+            LeaseLive: the lease guard failed (its holder renewed it).
         """
         if to.terminal and kind != to.value:
             raise InvalidEvent(f"the event ending a task as {to.value} must have kind {to.value!r}")
-        move = Transition(to=to, new_epoch=new_epoch, fields=dict(fields or {}))
+        move = Transition(
+            to=to,
+            new_epoch=new_epoch,
+            fields=dict(fields or {}),
+            lease_expired_before=lease_expired_before,
+        )
         item = _Item([self._prepare(kind, data, reserved_ok=True)], move)
         (stored,) = await self._submit(item)
         return stored
 
-    async def finish(self, state: TaskState, data: Mapping[str, Any] | None = None) -> StoredEvent:
-        """Write the terminal event and the terminal state together."""
+    async def finish(
+        self,
+        state: TaskState,
+        data: Mapping[str, Any] | None = None,
+        *,
+        fields: Mapping[str, str] | None = None,
+        lease_expired_before: int | None = None,
+    ) -> StoredEvent:
+        """Write the terminal event and the terminal state together; the lease is cleared."""
         if not state.terminal:
             raise ValueError(f"{state.value} is not a terminal state")
-        return await self.transition(state, state.value, data, fields={"lease_owner": ""})
+        return await self.transition(
+            state,
+            state.value,
+            data,
+            fields={"lease_owner": "", "lease_deadline_ms": "", **(fields or {})},
+            lease_expired_before=lease_expired_before,
+        )
 
     # -- internals ----------------------------------------------------------
 

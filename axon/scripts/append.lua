@@ -7,23 +7,32 @@
 -- ARGV[3] writer's epoch (fencing token)
 -- ARGV[4] head hash after the batch (hash of the last event's bytes)
 -- ARGV[5] target state or ''     ARGV[6] new epoch or ''
--- ARGV[7] now (ms)               ARGV[8] n: number of extra record fields
--- ARGV[9 .. 8+2n] extra field/value pairs ('' value deletes the field)
--- ARGV[9+2n ..] kind/bytes pairs, one per event, in seq order (the kind is passed
+-- ARGV[7] now (ms)               ARGV[8] lease guard: '' or a time (ms) the lease
+--   deadline must be before (so a watchdog only takes over an expired lease)
+-- ARGV[9] n: number of extra record fields
+-- ARGV[10 .. 9+2n] extra field/value pairs ('' value deletes the field)
+-- ARGV[10+2n ..] kind/bytes pairs, one per event, in seq order (the kind is passed
 --   for the checks below; the stream stores only the bytes, which contain it)
 --
 -- Returns {'ok', last_seq} or one of
 --   {'not_found'} {'terminal', state} {'fenced', epoch}
 --   {'stale', head_seq, head_hash} {'illegal', state, target} {'bad_batch', why}
+--   {'lease_live', deadline}
 local TRANSITIONS = __TRANSITIONS__
 local TERMINAL = __TERMINAL__
 
-local rec = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'head_seq', 'head_hash', 'started_ms')
+local rec = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'head_seq', 'head_hash', 'started_ms',
+  'lease_deadline_ms')
 local state = rec[1]
 if not state then return {'not_found'} end
 if TERMINAL[state] then return {'terminal', state} end
 if rec[2] ~= ARGV[3] then return {'fenced', rec[2]} end
 if rec[3] ~= ARGV[1] or rec[4] ~= ARGV[2] then return {'stale', rec[3], rec[4]} end
+
+local guard = ARGV[8]
+if guard ~= '' and rec[6] and tonumber(rec[6]) >= tonumber(guard) then
+  return {'lease_live', rec[6]}
+end
 
 local target = ARGV[5]
 if target ~= '' then
@@ -35,8 +44,8 @@ if new_epoch ~= '' and tonumber(new_epoch) <= tonumber(rec[2]) then
   return {'bad_batch', 'new epoch must be greater than the current one'}
 end
 
-local nfields = tonumber(ARGV[8])
-local first = 9 + 2 * nfields
+local nfields = tonumber(ARGV[9])
+local first = 10 + 2 * nfields
 local last = #ARGV
 if last < first + 1 or (last - first) % 2 ~= 1 then
   return {'bad_batch', 'a batch needs at least one kind/bytes pair'}
@@ -72,7 +81,7 @@ if target ~= '' then
   if TERMINAL[target] then redis.call('HSET', task, 'finished_ms', now) end
 end
 if new_epoch ~= '' then redis.call('HSET', task, 'epoch', new_epoch) end
-for i = 9, 8 + 2 * nfields, 2 do
+for i = 10, 9 + 2 * nfields, 2 do
   if ARGV[i + 1] == '' then
     redis.call('HDEL', task, ARGV[i])
   else
