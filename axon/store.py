@@ -198,7 +198,7 @@ class Store:
         if spec.timeout_s is not None:
             fields += ["timeout_s", repr(spec.timeout_s)]
         keys = [self.keys.task(task_id), self.keys.events(task_id)]
-        reply = await self._run_write(
+        reply = await self.run_script(
             lua.CREATE, keys, ["queued", raw, event_hash(raw), ts, *fields]
         )
         if _text(reply[0]) == "exists":
@@ -212,7 +212,7 @@ class Store:
             TaskNotFound: no such task.
         """
         check_task_id(task_id)
-        fields = await self._call(self.redis.hgetall(self.keys.task(task_id)))
+        fields = await self.call(self.redis.hgetall(self.keys.task(task_id)))
         if not fields:
             raise TaskNotFound(f"task {task_id} not found", task_id=task_id)
         return TaskRecord.from_hash(task_id, fields)
@@ -224,7 +224,7 @@ class Store:
             TaskNotFound: no such task.
         """
         check_task_id(task_id)
-        seq, digest = await self._call(
+        seq, digest = await self.call(
             self.redis.hmget(self.keys.task(task_id), ["head_seq", "head_hash"])
         )
         if seq is None:
@@ -239,7 +239,7 @@ class Store:
             TaskTerminal: the task already finished; nothing to cancel.
         """
         check_task_id(task_id)
-        reply = await self._run_write(lua.CANCEL, [self.keys.task(task_id)], [now_ms()])
+        reply = await self.run_script(lua.CANCEL, [self.keys.task(task_id)], [now_ms()])
         status = _text(reply[0])
         if status == "not_found":
             raise TaskNotFound(f"task {task_id} not found", task_id=task_id)
@@ -294,7 +294,7 @@ class Store:
         for kind, raw in events:
             args += [kind, raw]
         keys = [self.keys.task(task_id), self.keys.events(task_id)]
-        reply = await self._run_write(lua.APPEND, keys, args)
+        reply = await self.run_script(lua.APPEND, keys, args)
         status = _text(reply[0])
         if status == "ok":
             return ChainHead(seq=int(reply[1]), hash=new_hash)
@@ -316,7 +316,7 @@ class Store:
         check_task_id(task_id)
         if after_seq < 0 or limit < 1:
             raise ValueError("after_seq must be >= 0 and limit >= 1")
-        rows = await self._call(
+        rows = await self.call(
             self.redis.xrange(self.keys.events(task_id), min=f"{after_seq + 1}-0", count=limit)
         )
         events = _parse_entries(rows)
@@ -361,7 +361,7 @@ class Store:
         """
         check_task_id(task_id)
         key = self.keys.events(task_id)
-        reply = await self._call(
+        reply = await self.call(
             self.blocking.xread({key: f"{after_seq}-0"}, count=limit, block=max(timeout_ms, 1))
         )
         if not reply:
@@ -379,8 +379,8 @@ class Store:
 
     async def server_info(self) -> ServerInfo:
         """Server flavour and version, whether AOF is on, and whether WAITAOF exists."""
-        info: dict[str, Any] = await self._call(self.redis.info("server"))
-        persistence: dict[str, Any] = await self._call(self.redis.info("persistence"))
+        info: dict[str, Any] = await self.call(self.redis.info("server"))
+        persistence: dict[str, Any] = await self.call(self.redis.info("persistence"))
         if self._cluster:  # RedisCluster answers {node: {...}} ... or a merged dict
             info = _first_node(info)
             persistence = _first_node(persistence)
@@ -396,7 +396,7 @@ class Store:
 
     # -- plumbing -----------------------------------------------------------
 
-    async def _call(self, awaitable: Any) -> Any:
+    async def call(self, awaitable: Any) -> Any:
         """Await a Redis call, turning Redis failures into ``StoreUnavailable``.
 
         That covers an unreachable server and one that refuses the command
@@ -410,9 +410,9 @@ class Store:
             raise StoreUnavailable(f"Redis refused the command: {exc}") from exc
 
     async def _run(self, script: lua.Script, keys: list[str], args: list[Any]) -> Any:
-        return await self._call(script.run(self.redis, keys, args))
+        return await self.call(script.run(self.redis, keys, args))
 
-    async def _run_write(self, script: lua.Script, keys: list[str], args: list[Any]) -> Any:
+    async def run_script(self, script: lua.Script, keys: list[str], args: list[Any]) -> Any:
         """Run a script that writes, honouring the durability mode."""
         if self.settings.durability == "strict":
             return await self._run_strict(script, keys, args)
@@ -422,9 +422,7 @@ class Store:
         """Run ``script`` and WAITAOF on the same connection, so the wait covers the write."""
         settings = self.settings
         waitaof = ("WAITAOF", 1, settings.durability_replicas, settings.durability_timeout_ms)
-        reply, waited = await self._call(
-            self._pipeline_on_key(keys[0], script, keys, args, waitaof)
-        )
+        reply, waited = await self.call(self._pipeline_on_key(keys[0], script, keys, args, waitaof))
         if isinstance(reply, Exception):
             raise StoreUnavailable(f"Redis refused the command: {reply}") from reply
         if isinstance(waited, ResponseError):

@@ -1,0 +1,295 @@
+"""The task queue: lanes, claiming, the in-flight set, retries, cancellation, dead letters.
+
+All queue keys share one hash tag (see ``KeySpace.queue_tag``), so every queue
+script is single-slot and runs on Redis Cluster; task keys live in their own
+slots. Operations that touch both (claim, requeue, cancel) are ordered so that
+a crash between the two halves leaves something the watchdog repairs:
+
+* ``claim_next`` pops an id and records it in the in-flight set in one step;
+  the claim itself (the ``claimed`` event) follows on the task's keys. A worker
+  that dies in between leaves a queued task in the in-flight set, which the
+  watchdog puts back into its lane.
+* Idle workers block on the signal stream (one entry per enqueue) from the
+  last entry they saw, so an enqueue between "lanes empty" and "block" still
+  wakes them: no polling, no lost wake-up.
+
+Lane policy: strict priority by ``Settings.lanes`` order, except that every
+``lane_fairness``-th claim of a worker tries the lanes lowest first. With the
+default 8, a saturated ``high`` lane still lets ``low`` work through at about
+1/8 of each worker's claims instead of starving it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from axon import lua
+from axon.errors import (
+    AppendRejected,
+    InvalidTaskSpec,
+    TaskNotFound,
+    TaskTerminal,
+)
+from axon.keys import check_task_id
+from axon.store import Store, now_ms
+from axon.task import TaskRecord, TaskSpec, TaskState
+from axon.writer import EventWriter
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A task that failed for good, as recorded in the dead-letter stream."""
+
+    id: str
+    task_id: str
+    tenant: str
+    adapter: str
+    lane: str
+    reason: str
+    attempts: int
+    failed_ms: int
+
+
+class Queue:
+    """Lanes and the task lifecycle around them, on top of a ``Store``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.settings = store.settings
+        self.keys = store.keys
+        self._lane_keys = {lane: self.keys.lane(lane) for lane in self.settings.lanes}
+
+    # -- submitting ---------------------------------------------------------------
+
+    async def submit(self, spec: TaskSpec, *, task_id: str | None = None) -> TaskRecord:
+        """Create a task and put it in its lane.
+
+        Raises:
+            InvalidTaskSpec: the spec is malformed or names a lane that does not exist.
+        """
+        if spec.lane not in self._lane_keys:
+            raise InvalidTaskSpec(
+                f"unknown lane {spec.lane!r}; lanes are {', '.join(self.settings.lanes)}",
+                field="lane",
+            )
+        record = await self.store.create_task(spec, task_id=task_id)
+        await self.enqueue(record.id, record.lane)
+        return record
+
+    async def enqueue(self, task_id: str, lane: str, *, front: bool = False) -> None:
+        """Put ``task_id`` at the back (or front) of ``lane`` and wake idle workers."""
+        await self.store.run_script(
+            lua.ENQUEUE,
+            [self._lane_key(lane), self.keys.signal()],
+            [task_id, "front" if front else "back"],
+        )
+
+    def _lane_key(self, lane: str) -> str:
+        # A lane removed from the configuration still drains into the lowest lane.
+        return self._lane_keys.get(lane) or self._lane_keys[self.settings.lanes[-1]]
+
+    # -- claiming -----------------------------------------------------------------
+
+    def lane_order(self, claim_number: int) -> list[str]:
+        """The order in which a worker's ``claim_number``-th claim tries the lanes."""
+        lanes = list(self.settings.lanes)
+        fairness = self.settings.lane_fairness
+        if fairness > 1 and claim_number % fairness == fairness - 1:
+            lanes.reverse()
+        return lanes
+
+    async def claim_next(self, order: Sequence[str], *, deadline_ms: int) -> tuple[str, str] | None:
+        """Pop the next task id (first non-empty lane in ``order``) into the in-flight set."""
+        keys = [self.keys.inflight(), *(self._lane_keys[lane] for lane in order)]
+        reply = await self.store.run_script(lua.CLAIM_NEXT, keys, [deadline_ms])
+        if not reply:
+            return None
+        task_id = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        return task_id, order[int(reply[1]) - 1]
+
+    async def signal_cursor(self) -> bytes:
+        """The id of the newest wake-up signal (``0-0`` if none): where to block from."""
+        rows = await self.store.call(self.store.redis.xrevrange(self.keys.signal(), count=1))
+        return bytes(rows[0][0]) if rows else b"0-0"
+
+    async def wait_for_work(self, cursor: bytes, *, timeout_ms: int) -> bytes:
+        """Block until a task is enqueued after ``cursor`` (or timeout); returns the new cursor."""
+        reply = await self.store.call(
+            self.store.blocking.xread(
+                {self.keys.signal(): cursor}, count=1000, block=max(timeout_ms, 1)
+            )
+        )
+        if not reply:
+            return cursor
+        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+        if entries and isinstance(entries[0], list) and isinstance(entries[0][0], list):
+            entries = entries[0]
+        return bytes(entries[-1][0]) if entries else cursor
+
+    # -- in flight ------------------------------------------------------------------
+
+    async def extend(self, task_id: str, deadline_ms: int) -> None:
+        """Move an in-flight task's deadline (after a claim or a heartbeat)."""
+        await self.store.call(
+            self.store.redis.zadd(self.keys.inflight(), {task_id: deadline_ms}, xx=True)
+        )
+
+    async def release(self, task_id: str) -> None:
+        """Forget an in-flight task (it finished, or it is not ours to track)."""
+        await self.store.call(self.store.redis.zrem(self.keys.inflight(), task_id))
+
+    async def requeue(self, task_id: str, lane: str, *, front: bool = False) -> bool:
+        """Move an in-flight task back into its lane; False if it was not in flight."""
+        reply = await self.store.run_script(
+            lua.REQUEUE,
+            [self.keys.inflight(), self._lane_key(lane), self.keys.signal()],
+            [task_id, "front" if front else "back"],
+        )
+        return bool(reply)
+
+    async def schedule_retry(self, task_id: str, lane: str, *, due_ms: int) -> None:
+        """Move an in-flight task to the delayed set until ``due_ms``."""
+        await self.store.run_script(
+            lua.SCHEDULE_RETRY,
+            [self.keys.inflight(), self.keys.delayed()],
+            [task_id, f"{lane}|{task_id}", due_ms],
+        )
+
+    async def expired(self, *, now: int, limit: int = 100) -> list[str]:
+        """In-flight task ids whose deadline passed."""
+        rows = await self.store.call(
+            self.store.redis.zrangebyscore(self.keys.inflight(), "-inf", now, start=0, num=limit)
+        )
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in rows]
+
+    async def promote_due(self, *, now: int) -> int:
+        """Move retries whose backoff passed into their lanes; returns how many."""
+        lanes = list(self.settings.lanes)
+        keys = [self.keys.delayed(), self.keys.signal(), *(self._lane_keys[x] for x in lanes)]
+        return int(await self.store.run_script(lua.PROMOTE_DUE, keys, [now, *lanes]))
+
+    async def depth(self) -> dict[str, int]:
+        """Tasks waiting per lane, plus ``inflight`` and ``delayed`` counts."""
+        redis = self.store.redis
+        out = {
+            lane: int(await self.store.call(redis.llen(k))) for lane, k in self._lane_keys.items()
+        }
+        out["inflight"] = int(await self.store.call(redis.zcard(self.keys.inflight())))
+        out["delayed"] = int(await self.store.call(redis.zcard(self.keys.delayed())))
+        return out
+
+    # -- cancelling -----------------------------------------------------------------
+
+    async def cancel(self, task_id: str, *, reason: str = "cancel requested") -> TaskState:
+        """Cancel a task: a queued one at once, a running one by signalling its worker.
+
+        Returns the state the task is in after the call: ``canceled`` for a task
+        that never ran, ``running`` for one whose worker was told to stop (it
+        writes ``canceled`` once the work is gone). Idempotent.
+
+        Raises:
+            TaskNotFound: no such task.
+            TaskTerminal: the task already finished (``details["state"]`` says how).
+        """
+        check_task_id(task_id)
+        for _ in range(8):
+            record = await self.store.get_task(task_id)
+            if record.state.terminal:
+                raise TaskTerminal(
+                    f"task {task_id} already {record.state.value}",
+                    task_id=task_id,
+                    state=record.state.value,
+                )
+            if record.state is TaskState.RUNNING:
+                await self.store.request_cancel(task_id)
+                await self.store.call(self.store.redis.publish(self.keys.cancel_channel(), task_id))
+                return TaskState.RUNNING
+            writer = EventWriter(self.store, task_id, epoch=record.epoch)
+            try:
+                await writer.finish(TaskState.CANCELED, {"reason": reason, "ran": False})
+            except AppendRejected:
+                continue  # claimed (or cancelled) meanwhile: look again
+            await self.store.run_script(
+                lua.UNQUEUE,
+                [self._lane_key(record.lane), self.keys.delayed(), self.keys.inflight()],
+                [task_id, f"{record.lane}|{task_id}"],
+            )
+            return TaskState.CANCELED
+        raise TaskNotFound(f"task {task_id} kept changing state; try again", task_id=task_id)
+
+    # -- dead letters ---------------------------------------------------------------
+
+    async def dead_letter(self, record: TaskRecord, *, reason: str) -> None:
+        """Record a task that failed for good in the dead-letter stream."""
+        fields: dict[Any, Any] = {
+            "task_id": record.id,
+            "tenant": record.tenant,
+            "adapter": record.adapter,
+            "lane": record.lane,
+            "reason": reason[:2000],
+            "attempts": record.attempt,
+            "failed_ms": now_ms(),
+        }
+        await self.store.call(
+            self.store.redis.xadd(self.keys.dlq(), fields, maxlen=100_000, approximate=True)
+        )
+
+    async def dead_letters(self, *, count: int = 100, after: str = "-") -> list[DeadLetter]:
+        """Dead letters, oldest first, starting after entry id ``after``."""
+        start = after if after == "-" else f"({after}"
+        rows = await self.store.call(self.store.redis.xrange(self.keys.dlq(), start, "+", count))
+        return [_dead_letter(entry_id, fields) for entry_id, fields in rows]
+
+    async def replay(self, entry_id: str) -> TaskRecord:
+        """Submit a dead letter's task again as a new task, then drop the dead letter.
+
+        The new task has the same tenant, adapter, args, lane and policy, and
+        ``metadata["replay_of"]`` naming the failed task.
+
+        Raises:
+            TaskNotFound: no such dead letter, or its task no longer exists.
+        """
+        rows = await self.store.call(
+            self.store.redis.xrange(self.keys.dlq(), entry_id, entry_id, 1)
+        )
+        if not rows:
+            raise TaskNotFound(f"no dead letter {entry_id}", entry_id=entry_id)
+        letter = _dead_letter(*rows[0])
+        old = await self.store.get_task(letter.task_id)
+        spec = TaskSpec(
+            tenant=old.tenant,
+            adapter=old.adapter,
+            args=old.args,
+            lane=old.lane if old.lane in self._lane_keys else self.settings.lanes[-1],
+            name=old.name,
+            metadata={**old.metadata, "replay_of": old.id},
+            timeout_s=old.timeout_s,
+            max_attempts=old.max_attempts,
+            retry_backoff_s=old.retry_backoff_s,
+            retry_backoff_max_s=old.retry_backoff_max_s,
+        )
+        record = await self.submit(spec)
+        await self.store.call(self.store.redis.xdel(self.keys.dlq(), entry_id))
+        return record
+
+
+def _dead_letter(entry_id: Any, fields: Any) -> DeadLetter:
+    if isinstance(fields, list):  # raw reply: [k, v, k, v, ...]
+        fields = dict(zip(fields[::2], fields[1::2], strict=True))
+    f = {_str(k): _str(v) for k, v in fields.items()}
+    return DeadLetter(
+        id=_str(entry_id),
+        task_id=f.get("task_id", ""),
+        tenant=f.get("tenant", ""),
+        adapter=f.get("adapter", ""),
+        lane=f.get("lane", ""),
+        reason=f.get("reason", ""),
+        attempts=int(f.get("attempts", "0") or 0),
+        failed_ms=int(f.get("failed_ms", "0") or 0),
+    )
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,421 @@
+"""The worker: claims tasks from the lanes and runs them through adapters.
+
+One ``Worker`` is an anyio service. Its task group owns:
+
+* the claim loop — while a slot is free, ``claim_next`` (priority lanes,
+  see ``axon.queue``); when the lanes are empty, block on the signal stream
+  (no polling). Each claimed task runs in its own child task;
+* the heartbeat loop — renews the lease of every running task; a task whose
+  lease is gone (reclaimed by a watchdog) is stopped at once, writing nothing;
+* the watchdog loop — reclaims expired leases and promotes due retries
+  (``axon.watchdog``); every worker runs it, scripts make each takeover
+  happen once;
+* the cancel listener — Pub/Sub on the cancel channel, so a cancel request
+  reaches the worker running the task within milliseconds (the heartbeat also
+  reports the cancel flag, as a fallback).
+
+A run ends in exactly one of: the adapter's outcome (``succeeded``, ``failed``
+or a retry), ``canceled``, ``timed_out``, a hand-back to the queue on
+shutdown, or nothing at all when the lease was lost (the new holder owns the
+task). ``stop()`` drains: no new claims, running tasks get
+``shutdown_grace_s`` to finish, the rest are handed back at the front of
+their lane.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import random
+import socket
+from typing import Any
+
+import anyio
+import anyio.abc
+import msgspec
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from axon import lua
+from axon.adapters.base import AdapterError, Outcome
+from axon.adapters.registry import AdapterRegistry
+from axon.context import RunContext
+from axon.errors import AppendRejected, AxonError, InvalidEvent, StoreUnavailable
+from axon.queue import Queue
+from axon.store import now_ms
+from axon.task import TaskRecord, TaskState
+from axon.watchdog import Watchdog
+from axon.writer import EventWriter
+
+
+class StopReason(enum.Enum):
+    """Why the worker stopped a run before the adapter finished."""
+
+    CANCELED = "canceled"
+    TIMED_OUT = "timed_out"
+    SHUTDOWN = "shutdown"
+    LEASE_LOST = "lease_lost"
+
+
+class WorkerStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """What a worker has done so far."""
+
+    running: int
+    claimed: int
+    completed: int
+    failed: int
+    canceled: int
+    timed_out: int
+    retried: int
+    handed_back: int
+    lease_lost: int
+    reclaimed: int
+
+
+class _Run:
+    """One running task in this worker."""
+
+    __slots__ = ("ctx", "lane", "record", "scope", "stop_reason", "writer")
+
+    def __init__(self, record: TaskRecord, writer: EventWriter, ctx: RunContext) -> None:
+        self.record = record
+        self.lane = record.lane
+        self.writer = writer
+        self.ctx = ctx
+        self.scope = anyio.CancelScope()
+        self.stop_reason: StopReason | None = None
+
+    def stop(self, reason: StopReason, grace_s: float) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.ctx.stop_grace_s = grace_s
+        self.scope.cancel()
+
+
+class Worker:
+    """Claims and runs tasks until stopped.
+
+    Args:
+        queue: the queue (and through it the store and settings).
+        adapters: adapters by name; ``AdapterRegistry.default(settings)`` by default.
+        worker_id: a name for leases and logs; host:pid:random by default.
+        concurrency: tasks run at once; ``settings.worker_concurrency`` by default.
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        *,
+        adapters: AdapterRegistry | None = None,
+        worker_id: str | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        self.queue = queue
+        self.store = queue.store
+        self.settings = queue.settings
+        self.adapters = adapters or AdapterRegistry.default(self.settings)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self._slots = anyio.Semaphore(concurrency or self.settings.worker_concurrency)
+        self._runs: dict[str, _Run] = {}
+        self._stopping = anyio.Event()
+        self._idle = anyio.Event()
+        self._wait_scope = anyio.CancelScope()
+        self._claims = 0
+        self._counts = {name: 0 for name in WorkerStatistics.__struct_fields__ if name != "running"}
+        self.watchdog = Watchdog(queue)
+
+    def statistics(self) -> WorkerStatistics:
+        """Counters since start, and how many tasks run now."""
+        return WorkerStatistics(
+            running=len(self._runs),
+            reclaimed=self.watchdog.statistics().reclaimed,
+            **{k: v for k, v in self._counts.items() if k != "reclaimed"},
+        )
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM triggers): no new claims, then drain."""
+        self._stopping.set()
+        self._wait_scope.cancel()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until ``stop()``; then drain and return."""
+        async with anyio.create_task_group() as services:
+            await services.start(self._cancel_listener)
+            services.start_soon(self._heartbeat_loop)
+            services.start_soon(self._watchdog_loop)
+            async with anyio.create_task_group() as runs:
+                task_status.started()
+                await self._claim_loop(runs)
+                await self._drain()
+            services.cancel_scope.cancel()
+
+    # -- claiming -----------------------------------------------------------------
+
+    async def _claim_loop(self, runs: anyio.abc.TaskGroup) -> None:
+        settings = self.settings
+        cursor = await self.queue.signal_cursor()
+        while not self._stopping.is_set():
+            await self._slots.acquire()
+            claimed = None
+            while claimed is None and not self._stopping.is_set():
+                order = self.queue.lane_order(self._claims)
+                deadline = now_ms() + int(settings.lease_timeout_s * 1000)
+                claimed = await self.queue.claim_next(order, deadline_ms=deadline)
+                if claimed is None:
+                    # Only the wait is interrupted by stop(): a claim in flight completes.
+                    with anyio.CancelScope() as self._wait_scope:
+                        cursor = await self.queue.wait_for_work(cursor, timeout_ms=5000)
+            if claimed is None:
+                self._slots.release()
+                break
+            self._claims += 1
+            runs.start_soon(self._run_task, *claimed)
+
+    async def _drain(self) -> None:
+        """Give running tasks the shutdown grace, then hand the rest back."""
+        with anyio.move_on_after(self.settings.shutdown_grace_s):
+            if self._runs:
+                await self._idle.wait()
+        for run in list(self._runs.values()):
+            run.stop(StopReason.SHUTDOWN, self.settings.timeout_grace_s)
+
+    # -- running ------------------------------------------------------------------
+
+    async def _run_task(self, task_id: str, lane: str) -> None:
+        try:
+            await self._claim_and_run(task_id, lane)
+        except AxonError as exc:
+            # Redis trouble mid-run: the lease will expire and the watchdog will
+            # hand the task to someone else; nothing here is lost.
+            _log(f"task {task_id}: {exc.code}: {exc.message}")
+        finally:
+            self._runs.pop(task_id, None)
+            self._slots.release()
+            if not self._runs and self._stopping.is_set():
+                self._idle.set()
+
+    async def _claim_and_run(self, task_id: str, lane: str) -> None:
+        settings = self.settings
+        try:
+            record = await self.store.get_task(task_id)
+        except AxonError:
+            await self.queue.release(task_id)
+            return
+        if record.state is not TaskState.QUEUED:
+            if record.state.terminal:
+                await self.queue.release(task_id)  # e.g. cancelled while it waited
+            return  # running elsewhere: its in-flight entry is not ours to touch
+        writer = EventWriter(self.store, task_id, epoch=record.epoch)
+        attempt = record.attempt + 1
+        epoch = record.epoch + 1
+        deadline = now_ms() + int(settings.lease_timeout_s * 1000)
+        try:
+            await writer.transition(
+                TaskState.RUNNING,
+                "claimed",
+                {"worker": self.worker_id, "attempt": attempt, "epoch": epoch, "lane": lane},
+                new_epoch=epoch,
+                fields={
+                    "lease_owner": self.worker_id,
+                    "lease_deadline_ms": str(deadline),
+                    "attempt": str(attempt),
+                    "cancel_requested": "",
+                },
+            )
+        except AppendRejected:
+            return  # someone else claimed or cancelled it first
+        self._counts["claimed"] += 1
+        await self.queue.extend(task_id, deadline)
+        ctx = RunContext(
+            writer, args=record.args, attempt=attempt, stop_grace_s=settings.timeout_grace_s
+        )
+        run = _Run(record, writer, ctx)
+        self._runs[task_id] = run
+        started = now_ms()
+        outcome = await self._execute(run, record.timeout_s or settings.default_timeout_s)
+        wall = str(record.wall_ms + now_ms() - started)
+        await self._conclude(run, outcome, attempt=attempt, wall_ms=wall)
+
+    async def _execute(self, run: _Run, timeout_s: float) -> Outcome | None:
+        """Run the adapter; None when the worker stopped it."""
+        outcome: Outcome | None = None
+        with run.scope:
+            with anyio.move_on_after(timeout_s) as timer:
+                try:
+                    adapter = self.adapters.get(run.record.adapter)
+                    outcome = await adapter.run(run.ctx)
+                except AdapterError as exc:
+                    outcome = Outcome(
+                        ok=False, data={"error": exc.message}, retryable=exc.retryable
+                    )
+                except AppendRejected:
+                    run.stop_reason = run.stop_reason or StopReason.LEASE_LOST
+                except AxonError as exc:
+                    outcome = Outcome(ok=False, data={"error": exc.message, "code": exc.code})
+                except Exception as exc:  # an adapter bug must not kill the worker
+                    outcome = Outcome(ok=False, data={"error": repr(exc)[:2000]})
+            if timer.cancelled_caught and run.stop_reason is None:
+                run.stop_reason = StopReason.TIMED_OUT
+        if run.stop_reason is not None:
+            return None
+        return outcome
+
+    async def _conclude(
+        self, run: _Run, outcome: Outcome | None, *, attempt: int, wall_ms: str
+    ) -> None:
+        record, writer, task_id = run.record, run.writer, run.record.id
+        fields = {"wall_ms": wall_ms}
+        reason = run.stop_reason
+        with anyio.CancelScope(shield=True):
+            try:
+                if reason is StopReason.LEASE_LOST:
+                    self._counts["lease_lost"] += 1
+                    return
+                if reason is StopReason.CANCELED:
+                    await writer.finish(
+                        TaskState.CANCELED, {"reason": "cancel requested"}, fields=fields
+                    )
+                    self._counts["canceled"] += 1
+                elif reason is StopReason.TIMED_OUT:
+                    limit = record.timeout_s or self.settings.default_timeout_s
+                    await writer.finish(TaskState.TIMED_OUT, {"timeout_s": limit}, fields=fields)
+                    self._counts["timed_out"] += 1
+                elif reason is StopReason.SHUTDOWN:
+                    await writer.transition(
+                        TaskState.QUEUED,
+                        "requeued",
+                        {"reason": "worker shutdown", "worker": self.worker_id},
+                        new_epoch=writer.epoch + 1,
+                        fields={**fields, "lease_owner": "", "lease_deadline_ms": ""},
+                    )
+                    await self.queue.requeue(task_id, run.lane, front=True)
+                    self._counts["handed_back"] += 1
+                    return
+                else:
+                    assert outcome is not None
+                    await self._record_outcome(run, outcome, attempt=attempt, fields=fields)
+                    return
+                await self.queue.release(task_id)
+            except AppendRejected:
+                self._counts["lease_lost"] += 1
+
+    async def _record_outcome(
+        self, run: _Run, outcome: Outcome, *, attempt: int, fields: dict[str, str]
+    ) -> None:
+        record, writer, task_id = run.record, run.writer, run.record.id
+        if outcome.ok:
+            try:
+                await writer.finish(TaskState.SUCCEEDED, outcome.data, fields=fields)
+            except InvalidEvent as exc:
+                outcome = Outcome(ok=False, data={"error": f"result not recordable: {exc.message}"})
+            else:
+                self._counts["completed"] += 1
+                await self.queue.release(task_id)
+                return
+        if outcome.retryable and attempt < record.max_attempts:
+            delay = _backoff(record.retry_backoff_s, record.retry_backoff_max_s, attempt)
+            due = now_ms() + int(delay * 1000)
+            await writer.transition(
+                TaskState.QUEUED,
+                "requeued",
+                {
+                    "reason": "retry",
+                    "attempt": attempt,
+                    "delay_ms": int(delay * 1000),
+                    **_brief(outcome.data),
+                },
+                new_epoch=writer.epoch + 1,
+                fields={**fields, "lease_owner": "", "lease_deadline_ms": ""},
+            )
+            await self.queue.schedule_retry(task_id, run.lane, due_ms=due)
+            self._counts["retried"] += 1
+            return
+        data = {**outcome.data, "attempts": attempt}
+        try:
+            await writer.finish(TaskState.FAILED, data, fields=fields)
+        except InvalidEvent:
+            await writer.finish(
+                TaskState.FAILED, {"error": "failure data not recordable"}, fields=fields
+            )
+        self._counts["failed"] += 1
+        final = await self.store.get_task(task_id)
+        await self.queue.dead_letter(final, reason=str(outcome.data.get("error", "failed")))
+        await self.queue.release(task_id)
+
+    # -- leases -------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval_s
+        while True:
+            await anyio.sleep(interval)
+            for task_id, run in list(self._runs.items()):
+                try:
+                    await self._heartbeat(task_id, run)
+                except StoreUnavailable as exc:
+                    _log(f"heartbeat for {task_id} failed: {exc.message}")
+
+    async def _heartbeat(self, task_id: str, run: _Run) -> None:
+        deadline = now_ms() + int(self.settings.lease_timeout_s * 1000)
+        reply = await self.store.run_script(
+            lua.HEARTBEAT, [self.store.keys.task(task_id)], [run.writer.epoch, deadline]
+        )
+        status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        if status != "ok":
+            run.stop(StopReason.LEASE_LOST, 0.0)
+            return
+        await self.queue.extend(task_id, deadline)
+        if reply[1] in (b"1", "1"):
+            run.stop(StopReason.CANCELED, self.settings.cancel_grace_s)
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.settings.watchdog_interval_s
+        while True:
+            try:
+                await self.watchdog.sweep(now=now_ms())
+            except StoreUnavailable as exc:
+                _log(f"watchdog sweep failed: {exc.message}")
+            await anyio.sleep(interval * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
+
+    async def _cancel_listener(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        channel = self.store.keys.cancel_channel()
+        blocking = self.store.blocking
+        if isinstance(blocking, RedisCluster):
+            # PUBLISH reaches every node of a cluster, so any one node will do; redis-py's
+            # cluster Pub/Sub would route the channel by slot instead.
+            await blocking.initialize()
+            node = blocking.get_random_node()
+            blocking = Redis(host=node.host, port=int(node.port))
+        pubsub = blocking.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            task_status.started()
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                if message is None:
+                    continue
+                data = message.get("data")
+                task_id = data.decode() if isinstance(data, bytes) else str(data)
+                run = self._runs.get(task_id)
+                if run is not None:
+                    run.stop(StopReason.CANCELED, self.settings.cancel_grace_s)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                if blocking is not self.store.blocking:
+                    await blocking.aclose()
+
+
+def _backoff(base_s: float, max_s: float, attempt: int) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(max, base * 2**(attempt-1)))."""
+    return random.uniform(0, min(max_s, base_s * 2 ** (attempt - 1)))  # noqa: S311 - jitter
+
+
+def _brief(data: dict[str, Any]) -> dict[str, Any]:
+    error = data.get("error")
+    return {"error": str(error)[:500]} if error is not None else {}
+
+
+def _log(message: str) -> None:
+    print(f"axon worker: {message}", flush=True)
