@@ -1,6 +1,7 @@
 """Axon: durable background tasks for AI agents, as hash-chained event logs on Redis Streams."""
 
 from axon._version import __version__
+from axon.adapters.python import Retry, task
 from axon.chain import GENESIS, ChainHead, ChainVerifier, verify_chain
 from axon.errors import (
     AppendRejected,
@@ -23,9 +24,9 @@ from axon.errors import (
     TaskTerminal,
 )
 from axon.events import GENESIS_HASH, Event, decode_event, event_hash
+from axon.records import TaskRecord, TaskSpec, TaskState
 from axon.settings import Settings
 from axon.store import Store, StoredEvent, Transition
-from axon.task import TaskRecord, TaskSpec, TaskState
 from axon.writer import EventWriter, WriterStatistics
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "InvalidEvent",
     "InvalidTaskId",
     "InvalidTaskSpec",
+    "Retry",
     "Settings",
     "StaleHead",
     "Store",
@@ -64,5 +66,6 @@ __all__ = [
     "__version__",
     "decode_event",
     "event_hash",
+    "task",
     "verify_chain",
 ]

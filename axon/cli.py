@@ -4,8 +4,10 @@ Commands:
     axon --version      print the version
     axon doctor         check the Redis at REDIS_URL (or the embedded Valkey)
     axon dev            run the local system on an embedded Valkey until Ctrl-C
+    axon worker         claim and run tasks (see ``axon.cli_tasks`` for the task commands)
+    axon submit|task|cancel|dlq   create, inspect, cancel tasks; dead letters
 
-Exit codes: 0 success, 1 a check failed, 2 bad usage or configuration.
+Exit codes: 0 success, 1 a check or operation failed, 2 bad usage or configuration.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import anyio
 
+from axon import cli_tasks
 from axon._version import __version__
 from axon.connection import open_store
 from axon.embedded import ServerProcess, valkey_binary
@@ -47,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         "--data-dir and keep it running until Ctrl-C or SIGTERM.",
     )
     dev.add_argument("--data-dir", type=Path, default=Path(".axon"), help="default: ./.axon")
+    cli_tasks.add_commands(commands)
     return parser
 
 
@@ -59,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _doctor(settings)
         if args.command == "dev":
             return _dev(settings, args.data_dir)
+        if args.command in cli_tasks.COMMANDS:
+            return cli_tasks.run(args, settings)
     except AxonError as exc:
         print(f"axon: error: {exc.message}", file=sys.stderr)
         return 2

@@ -2,7 +2,7 @@
 
 Scripts live as ``.lua`` files next to this package so they read as Lua. The
 placeholders ``__TRANSITIONS__`` and ``__TERMINAL__`` are filled from
-``axon.task`` at import, so Python and Redis enforce one and the same table.
+``axon.records`` at import, so Python and Redis enforce one and the same table.
 Scripts are run with EVALSHA and fall back to EVAL on NOSCRIPT, which also
 caches them on whichever node (single server or cluster shard) ran them.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from axon.task import TERMINAL_STATES, TRANSITIONS
+from axon.records import TERMINAL_STATES, TRANSITIONS
 
 
 def _lua_set(names: Iterable[str]) -> str:

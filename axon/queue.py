@@ -34,8 +34,8 @@ from axon.errors import (
     TaskTerminal,
 )
 from axon.keys import check_task_id
+from axon.records import TaskRecord, TaskSpec, TaskState
 from axon.store import Store, now_ms
-from axon.task import TaskRecord, TaskSpec, TaskState
 from axon.writer import EventWriter
 
 

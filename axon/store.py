@@ -43,8 +43,8 @@ from axon.errors import (
 )
 from axon.events import GENESIS_HASH, build_event, encode_data, event_hash, kind_of
 from axon.keys import KeySpace, check_task_id, new_task_id
+from axon.records import TaskRecord, TaskSpec, TaskState
 from axon.settings import Settings
-from axon.task import TaskRecord, TaskSpec, TaskState
 
 RedisClient = Redis | RedisCluster
 

@@ -24,7 +24,7 @@ import msgspec
 
 from axon.errors import AppendRejected, TaskNotFound
 from axon.queue import Queue
-from axon.task import TaskState
+from axon.records import TaskState
 from axon.writer import EventWriter
 
 

@@ -42,8 +42,8 @@ from axon.adapters.registry import AdapterRegistry
 from axon.context import RunContext
 from axon.errors import AppendRejected, AxonError, InvalidEvent, StoreUnavailable
 from axon.queue import Queue
+from axon.records import TaskRecord, TaskState
 from axon.store import now_ms
-from axon.task import TaskRecord, TaskState
 from axon.watchdog import Watchdog
 from axon.writer import EventWriter
 
@@ -118,6 +118,7 @@ class Worker:
         self._slots = anyio.Semaphore(concurrency or self.settings.worker_concurrency)
         self._runs: dict[str, _Run] = {}
         self._stopping = anyio.Event()
+        self.stopped = anyio.Event()
         self._idle = anyio.Event()
         self._wait_scope = anyio.CancelScope()
         self._claims = 0
@@ -140,16 +141,19 @@ class Worker:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run until ``stop()``; then drain and return."""
-        async with anyio.create_task_group() as services:
-            await services.start(self._cancel_listener)
-            services.start_soon(self._heartbeat_loop)
-            services.start_soon(self._watchdog_loop)
-            async with anyio.create_task_group() as runs:
-                task_status.started()
-                await self._claim_loop(runs)
-                await self._drain()
-            services.cancel_scope.cancel()
+        """Run until ``stop()``; then drain and return (``stopped`` is set then)."""
+        try:
+            async with anyio.create_task_group() as services:
+                await services.start(self._cancel_listener)
+                services.start_soon(self._heartbeat_loop)
+                services.start_soon(self._watchdog_loop)
+                async with anyio.create_task_group() as runs:
+                    task_status.started()
+                    await self._claim_loop(runs)
+                    await self._drain()
+                services.cancel_scope.cancel()
+        finally:
+            self.stopped.set()
 
     # -- claiming -----------------------------------------------------------------
 

@@ -41,8 +41,8 @@ from axon.events import (
     event_hash,
     max_data_bytes,
 )
+from axon.records import TaskState
 from axon.store import Store, StoredEvent, Transition, now_ms
-from axon.task import TaskState
 
 MAX_STALE_RETRIES = 64
 """How often one batch is rebuilt after losing a race to another writer before giving up."""

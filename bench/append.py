@@ -56,7 +56,7 @@ from axon.keys import new_task_id
 from axon.lua import APPEND
 from axon.settings import Settings
 from axon.store import Store, now_ms
-from axon.task import TaskSpec
+from axon.records import TaskSpec
 from axon.writer import EventWriter
 
 T = TypeVar("T")

@@ -8,8 +8,8 @@ import pytest
 
 from axon.connection import open_store
 from axon.errors import DurabilityTimeout, DurabilityUnsupported
+from axon.records import TaskSpec
 from axon.settings import Settings
-from axon.task import TaskSpec
 from axon.writer import EventWriter
 from tests.conftest import Backend
 

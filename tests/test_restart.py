@@ -11,8 +11,8 @@ from axon.chain import verify_chain
 from axon.connection import open_store
 from axon.embedded import ServerProcess, valkey_binary
 from axon.errors import StoreUnavailable
+from axon.records import TaskSpec
 from axon.settings import Settings
-from axon.task import TaskSpec
 from axon.writer import EventWriter
 from tests import servers
 

@@ -22,9 +22,9 @@ from axon.errors import (
     TaskTerminal,
 )
 from axon.events import GENESIS_HASH, build_event, decode_event, encode_data, event_hash
+from axon.records import TRANSITIONS, TaskSpec, TaskState
 from axon.settings import Settings
 from axon.store import Store, Transition
-from axon.task import TRANSITIONS, TaskSpec, TaskState
 
 pytestmark = pytest.mark.anyio
 

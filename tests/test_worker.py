@@ -13,9 +13,9 @@ from axon.adapters.python import Retry, task
 from axon.chain import verify_chain
 from axon.connection import open_store
 from axon.queue import Queue
+from axon.records import TaskRecord, TaskSpec, TaskState
 from axon.settings import Settings
 from axon.store import Store
-from axon.task import TaskRecord, TaskSpec, TaskState
 from axon.worker import Worker
 
 pytestmark = pytest.mark.anyio

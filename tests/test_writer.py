@@ -23,9 +23,9 @@ from axon.errors import (
     TaskTerminal,
 )
 from axon.events import decode_event
+from axon.records import TaskSpec, TaskState
 from axon.settings import Settings
 from axon.store import Store
-from axon.task import TaskSpec, TaskState
 from axon.writer import EventWriter
 from tests.conftest import Backend
 
