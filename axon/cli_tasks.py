@@ -82,7 +82,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return anyio.run(_dispatch, args, settings)
     except AxonError as exc:
         print(f"axon: error: {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, ConfigError) else 1
 
 
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:

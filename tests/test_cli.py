@@ -84,3 +84,38 @@ def test_dev_runs_embedded_valkey_until_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_task_commands_round_trip(valkey: ServerProcess) -> None:
+    """submit, task, cancel and dlq list work end to end and print JSON."""
+    import json
+
+    env = {"REDIS_URL": valkey.url, "AXON_KEY_PREFIX": f"cli{os.getpid()}"}
+    submitted = run("submit", "mock", "--args", '{"count": 1}', "--tenant", "acme", env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    task = json.loads(submitted.stdout)
+    assert (task["state"], task["tenant"], task["adapter"]) == ("queued", "acme", "mock")
+    shown = json.loads(run("task", task["id"], env=env).stdout)
+    assert shown["id"] == task["id"]
+    canceled = run("cancel", task["id"], env=env)
+    assert json.loads(canceled.stdout) == {"task_id": task["id"], "state": "canceled"}
+    again = run("cancel", task["id"], env=env)
+    assert again.returncode == 1
+    assert "task_terminal" in again.stderr
+    assert run("dlq", "list", env=env).stdout == ""
+
+
+def test_task_commands_report_bad_input(valkey: ServerProcess) -> None:
+    """Bad JSON, unknown lanes, unknown tasks and a missing REDIS_URL are one-line errors."""
+    env = {"REDIS_URL": valkey.url, "AXON_KEY_PREFIX": f"cli{os.getpid()}"}
+    bad_json = run("submit", "mock", "--args", "{nope", env=env)
+    assert (bad_json.returncode, "Traceback" in bad_json.stderr) == (2, False)
+    bad_lane = run("submit", "mock", "--lane", "urgent", env=env)
+    assert bad_lane.returncode == 1
+    assert "unknown lane" in bad_lane.stderr
+    missing = run("task", "t_missing", env=env)
+    assert missing.returncode == 1
+    assert "task_not_found" in missing.stderr
+    no_url = run("task", "t_missing")
+    assert no_url.returncode == 2
+    assert "REDIS_URL" in no_url.stderr
