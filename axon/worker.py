@@ -170,6 +170,8 @@ class Worker:
                 if claimed is None:
                     # Only the wait is interrupted by stop(): a claim in flight completes.
                     with anyio.CancelScope() as self._wait_scope:
+                        if self._stopping.is_set():  # stop() came while claim_next ran
+                            self._wait_scope.cancel()
                         cursor = await self.queue.wait_for_work(cursor, timeout_ms=5000)
             if claimed is None:
                 self._slots.release()

@@ -18,6 +18,7 @@ from axon.adapters.base import Adapter, AdapterError
 from axon.adapters.docker import DockerAdapter
 from axon.adapters.mock import MockAdapter
 from axon.adapters.python import PythonAdapter
+from axon.adapters.shell import ShellAdapter
 from axon.settings import Settings
 
 ENTRY_POINT_GROUP = "axon.adapters"
@@ -35,14 +36,9 @@ class AdapterRegistry:
         adapters: dict[str, Adapter] = {
             "mock": MockAdapter(),
             "python": PythonAdapter(),
+            "shell": ShellAdapter(sandbox=settings.shell_sandbox),
             "docker": DockerAdapter(),
         }
-        try:  # TEMPORARY while the shell adapter lands
-            from axon.adapters.shell import ShellAdapter  # type: ignore[import-untyped,unused-ignore]
-
-            adapters["shell"] = ShellAdapter(sandbox=settings.shell_sandbox)
-        except ImportError:
-            pass
         for entry in entry_points(group=ENTRY_POINT_GROUP):
             if entry.name in adapters:
                 continue
