@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,3 +191,32 @@ async def test_sigterm_drains_and_hands_back(
     assert kinds.count("requeued") == 1
     assert kinds.count("claimed") == 2
     assert kinds[-1] == "canceled"
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
+async def test_cancel_running_shell_task_kills_the_process(
+    queue: Queue, start_worker: Callable[[], WorkerProcess]
+) -> None:
+    """Cancelling a running sandboxed shell task: its process is gone and canceled is last."""
+    start_worker()
+    marker = f"30.{int.from_bytes(os.urandom(3), 'big')}"
+    record = await queue.submit(
+        TaskSpec(
+            tenant="acme",
+            adapter="shell",
+            args={"argv": ["sh", "-c", f"echo ready; exec sleep {marker}"]},
+        )
+    )
+    await wait_until(queue.store, record.id, lambda r, ev: any(e.kind == "stdout" for e in ev))
+    assert _pids(marker)
+    await queue.cancel(record.id)
+    await wait_until(queue.store, record.id, lambda r, ev: r.state.terminal, within=5)
+    kinds = [e.kind for e in await verified(queue.store, record.id)]
+    assert kinds[-1] == "canceled"
+    assert _pids(marker) == []
+
+
+def _pids(marker: str) -> list[int]:
+    """Host pids of processes whose command line contains ``marker``."""
+    found = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
