@@ -54,9 +54,9 @@ from axon.embedded import ServerProcess, valkey_binary
 from axon.events import GENESIS_HASH, build_event, check_kind, encode_data, event_hash
 from axon.keys import new_task_id
 from axon.lua import APPEND
+from axon.records import TaskSpec
 from axon.settings import Settings
 from axon.store import Store, now_ms
-from axon.records import TaskSpec
 from axon.writer import EventWriter
 
 T = TypeVar("T")
