@@ -39,6 +39,7 @@ from redis.asyncio.cluster import RedisCluster
 from axon import lua
 from axon.adapters.base import AdapterError, Outcome
 from axon.adapters.registry import AdapterRegistry
+from axon.chain import ChainHead
 from axon.context import RunContext
 from axon.errors import AppendRejected, AxonError, InvalidEvent, StoreUnavailable
 from axon.queue import Queue
@@ -213,7 +214,8 @@ class Worker:
             if record.state.terminal:
                 await self.queue.release(task_id)  # e.g. cancelled while it waited
             return  # running elsewhere: its in-flight entry is not ours to touch
-        writer = EventWriter(self.store, task_id, epoch=record.epoch)
+        head = ChainHead(seq=record.head_seq, hash=record.head_hash)
+        writer = EventWriter(self.store, task_id, epoch=record.epoch, head=head)
         attempt = record.attempt + 1
         epoch = record.epoch + 1
         deadline = now_ms() + int(settings.lease_timeout_s * 1000)
@@ -232,8 +234,7 @@ class Worker:
             )
         except AppendRejected:
             return  # someone else claimed or cancelled it first
-        self._counts["claimed"] += 1
-        await self.queue.extend(task_id, deadline)
+        self._counts["claimed"] += 1  # claim_next already set the in-flight deadline
         ctx = RunContext(
             writer, args=record.args, attempt=attempt, stop_grace_s=settings.timeout_grace_s
         )
@@ -382,7 +383,9 @@ class Worker:
                 await self.watchdog.sweep(now=now_ms())
             except StoreUnavailable as exc:
                 _log(f"watchdog sweep failed: {exc.message}")
-            await anyio.sleep(interval * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
+            # Jitter below the interval keeps sweeps spread out without stretching the
+            # worst case: a dead worker's task is taken over by lease + one interval.
+            await anyio.sleep(interval * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
 
     async def _cancel_listener(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         channel = self.store.keys.cancel_channel()
