@@ -127,6 +127,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -198,12 +202,27 @@ class Store:
         if spec.timeout_s is not None:
             fields += ["timeout_s", repr(spec.timeout_s)]
         keys = [self.keys.task(task_id), self.keys.events(task_id)]
-        reply = await self.run_script(
-            lua.CREATE, keys, ["queued", raw, event_hash(raw), ts, *fields]
-        )
+        digest = event_hash(raw)
+        reply = await self.run_script(lua.CREATE, keys, ["queued", raw, digest, ts, *fields])
         if _text(reply[0]) == "exists":
             raise TaskExists(f"task {task_id} already exists", task_id=task_id)
-        return await self.get_task(task_id)
+        # The script wrote exactly these fields; build the record here rather than
+        # spend a round trip reading it back.
+        return TaskRecord.from_hash(
+            task_id,
+            {
+                **{_bytes(k): _bytes(v) for k, v in zip(fields[::2], fields[1::2], strict=True)},
+                b"state": b"queued",
+                b"epoch": b"0",
+                b"attempt": b"0",
+                b"head_seq": b"1",
+                b"head_hash": digest.encode(),
+                b"events": b"1",
+                b"bytes": str(len(raw)).encode(),
+                b"created_ms": str(ts).encode(),
+                b"updated_ms": str(ts).encode(),
+            },
+        )
 
     async def get_task(self, task_id: str) -> TaskRecord:
         """The task's current record.
