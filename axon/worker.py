@@ -35,13 +35,14 @@ import anyio.abc
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from axon import lua
 from axon.adapters.base import AdapterError, Outcome
 from axon.adapters.registry import AdapterRegistry
 from axon.chain import ChainHead
 from axon.context import RunContext
-from axon.errors import AppendRejected, AxonError, InvalidEvent, StoreUnavailable
+from axon.errors import AppendRejected, AxonError, InvalidEvent
 from axon.queue import Queue
 from axon.records import TaskRecord, TaskState
 from axon.store import now_ms
@@ -167,13 +168,21 @@ class Worker:
             while claimed is None and not self._stopping.is_set():
                 order = self.queue.lane_order(self._claims)
                 deadline = now_ms() + int(settings.lease_timeout_s * 1000)
-                claimed = await self.queue.claim_next(order, deadline_ms=deadline)
-                if claimed is None:
-                    # Only the wait is interrupted by stop(): a claim in flight completes.
+                try:
+                    claimed = await self.queue.claim_next(order, deadline_ms=deadline)
+                    if claimed is None:
+                        # Only this wait is interrupted by stop(); a claim in flight completes.
+                        with anyio.CancelScope() as self._wait_scope:
+                            if self._stopping.is_set():  # stop() came while claim_next ran
+                                self._wait_scope.cancel()
+                            cursor = await self.queue.wait_for_work(cursor, timeout_ms=5000)
+                except AxonError as exc:
+                    # Redis went away: say so, wait a moment, try again. A task popped
+                    # by a claim whose reply was lost is put back by the watchdog once
+                    # its in-flight deadline passes.
+                    _log(f"claiming failed: {exc.message}; retrying in 1 s")
                     with anyio.CancelScope() as self._wait_scope:
-                        if self._stopping.is_set():  # stop() came while claim_next ran
-                            self._wait_scope.cancel()
-                        cursor = await self.queue.wait_for_work(cursor, timeout_ms=5000)
+                        await anyio.sleep(1.0)
             if claimed is None:
                 self._slots.release()
                 break
@@ -197,6 +206,8 @@ class Worker:
             # Redis trouble mid-run: the lease will expire and the watchdog will
             # hand the task to someone else; nothing here is lost.
             _log(f"task {task_id}: {exc.code}: {exc.message}")
+        except Exception as exc:  # a bug must cost one task's lease, not the whole worker
+            _log(f"task {task_id}: unexpected {exc!r}")
         finally:
             self._runs.pop(task_id, None)
             self._slots.release()
@@ -360,7 +371,9 @@ class Worker:
             for task_id, run in list(self._runs.items()):
                 try:
                     await self._heartbeat(task_id, run)
-                except StoreUnavailable as exc:
+                except AxonError as exc:
+                    # Keep trying: if Redis stays away, the lease lapses and the
+                    # watchdog (ours or another worker's) sorts it out.
                     _log(f"heartbeat for {task_id} failed: {exc.message}")
 
     async def _heartbeat(self, task_id: str, run: _Run) -> None:
@@ -381,13 +394,25 @@ class Worker:
         while True:
             try:
                 await self.watchdog.sweep(now=now_ms())
-            except StoreUnavailable as exc:
+            except AxonError as exc:
                 _log(f"watchdog sweep failed: {exc.message}")
             # Jitter below the interval keeps sweeps spread out without stretching the
             # worst case: a dead worker's task is taken over by lease + one interval.
             await anyio.sleep(interval * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
 
     async def _cancel_listener(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Stop runs named on the cancel channel; resubscribe after a lost connection."""
+        started = False
+        while True:
+            try:
+                await self._listen_for_cancels(task_status if not started else None)
+                return
+            except (RedisError, OSError) as exc:
+                _log(f"cancel channel lost ({exc!r}); resubscribing")
+            started = True
+            await anyio.sleep(1.0)
+
+    async def _listen_for_cancels(self, task_status: anyio.abc.TaskStatus[None] | None) -> None:
         channel = self.store.keys.cancel_channel()
         blocking = self.store.blocking
         if isinstance(blocking, RedisCluster):
@@ -399,7 +424,8 @@ class Worker:
         pubsub = blocking.pubsub()
         try:
             await pubsub.subscribe(channel)
-            task_status.started()
+            if task_status is not None:
+                task_status.started()
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                 if message is None:

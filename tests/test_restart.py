@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import pytest
 
 from axon.chain import verify_chain
@@ -66,3 +68,40 @@ async def test_crash_mid_stream_is_reported_and_recovered(own_valkey: ServerProc
         raws = [e.raw for e in await store.read(record.id)]
         verify_chain(raws, expected_head=await store.head(record.id))
         assert raws[-1] == resumed.raw
+
+
+async def test_worker_survives_a_server_restart(own_valkey: ServerProcess) -> None:
+    """A worker keeps going through a Redis restart: work submitted afterwards still runs."""
+    from axon.queue import Queue
+    from axon.records import TaskState
+    from axon.worker import Worker
+
+    settings = Settings(redis_url=own_valkey.url, watchdog_interval_s=0.1)
+    async with open_store(settings) as store:
+        queue = Queue(store)
+        worker = Worker(queue)
+
+        async def done(task_id: str) -> None:
+            while True:
+                try:
+                    if (await store.get_task(task_id)).state is TaskState.SUCCEEDED:
+                        return
+                    await store.wait_events(task_id, after_seq=0, timeout_ms=100)
+                except StoreUnavailable:  # a pooled connection the restart closed
+                    await anyio.sleep(0.05)
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(worker.run)
+            with anyio.fail_after(10):
+                await done((await queue.submit(SPEC)).id)
+            await anyio.to_thread.run_sync(own_valkey.restart)
+            with anyio.fail_after(20):
+                while True:  # the first calls after a restart may meet a dropped connection
+                    try:
+                        after = await queue.submit(SPEC)
+                        break
+                    except StoreUnavailable:
+                        await anyio.sleep(0.1)
+                await done(after.id)
+            worker.stop()
+        assert worker.statistics().completed == 2

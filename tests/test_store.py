@@ -352,3 +352,37 @@ async def test_store_works_on_a_plain_redis_py_client(
         assert [e.raw for e in waited] == [e.raw for e in events[1:]]
     finally:
         await client.aclose()
+
+
+async def test_replayed_append_is_idempotent(store: Store) -> None:
+    """A batch sent twice (a client retry after a lost reply) lands once and reports success."""
+    record = await store.create_task(SPEC)
+    head = await store.head(record.id)
+    batch = built(record.id, head, "a", "b")
+    claim = Transition(to=TaskState.RUNNING, new_epoch=1)
+    first = await store.append_built(record.id, batch, expected=head, epoch=0, transition=claim)
+    again = await store.append_built(record.id, batch, expected=head, epoch=0, transition=claim)
+    assert first == again
+    assert [e.kind for e in await store.read(record.id)] == ["queued", "a", "b"]
+    done = built(record.id, first, "succeeded")
+    fin = Transition(to=TaskState.SUCCEEDED)
+    await store.append_built(record.id, done, expected=first, epoch=1, transition=fin)
+    # The replay of a terminal batch is still success, not TaskTerminal.
+    await store.append_built(record.id, done, expected=first, epoch=1, transition=fin)
+    assert len(await store.read(record.id)) == 4
+
+
+async def test_replayed_create_is_idempotent(store: Store) -> None:
+    """The create script run twice with the same first event succeeds once, then reports ok."""
+    from axon import lua
+
+    raw = build_event(
+        task="t_replay", seq=1, prev=GENESIS_HASH, ts=1, kind="queued", data=encode_data({})
+    )
+    keys = [store.keys.task("t_replay"), store.keys.events("t_replay")]
+    args = ["queued", raw, event_hash(raw), 1, "tenant", "acme", "adapter", "mock"]
+    assert (await store.run_script(lua.CREATE, keys, args))[0] == b"ok"
+    assert (await store.run_script(lua.CREATE, keys, args))[0] == b"ok"
+    with pytest.raises(TaskExists):
+        await store.create_task(SPEC, task_id="t_replay")
+    assert len(await store.read("t_replay")) == 1

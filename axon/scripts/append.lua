@@ -25,6 +25,18 @@ local rec = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'head_seq', 'head_has
   'lease_deadline_ms')
 local state = rec[1]
 if not state then return {'not_found'} end
+
+local nfields = tonumber(ARGV[9])
+local first = 10 + 2 * nfields
+local last = #ARGV
+
+-- A replay of a batch that already landed (the client retried after losing the
+-- reply): the head is exactly where this batch put it, so report success rather
+-- than a stale head, a fence or a terminal state that this very batch caused.
+if rec[4] == ARGV[4] and tonumber(rec[3]) == tonumber(ARGV[1]) + (last - first + 1) / 2 then
+  return {'ok', tonumber(rec[3])}
+end
+
 if TERMINAL[state] then return {'terminal', state} end
 if rec[2] ~= ARGV[3] then return {'fenced', rec[2]} end
 if rec[3] ~= ARGV[1] or rec[4] ~= ARGV[2] then return {'stale', rec[3], rec[4]} end
@@ -44,9 +56,6 @@ if new_epoch ~= '' and tonumber(new_epoch) <= tonumber(rec[2]) then
   return {'bad_batch', 'new epoch must be greater than the current one'}
 end
 
-local nfields = tonumber(ARGV[9])
-local first = 10 + 2 * nfields
-local last = #ARGV
 if last < first + 1 or (last - first) % 2 ~= 1 then
   return {'bad_batch', 'a batch needs at least one kind/bytes pair'}
 end

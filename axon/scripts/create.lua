@@ -4,6 +4,10 @@
 -- ARGV[4] now (ms), ARGV[5..] field/value pairs of the record
 -- Returns {'ok'} or {'exists'}.
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
+  -- A replay of this very create (the client retried after losing the reply)
+  -- finds its own first event: success, not a clash.
+  local head = redis.call('XRANGE', KEYS[2], '1-0', '1-0')
+  if head[1] and head[1][2][2] == ARGV[2] then return {'ok'} end
   return {'exists'}
 end
 redis.call('XADD', KEYS[2], '1-0', 'e', ARGV[2])
