@@ -11,6 +11,7 @@ For each in-flight task whose deadline passed:
 * running, lease expired, attempts left → ``reclaimed`` event, state queued,
   epoch + 1, back into its lane (the next claim continues the same log);
 * running, lease expired, attempts exhausted → ``failed`` and a dead letter;
+* running, lease expired, cancel requested → ``canceled``;
 * queued (popped by a worker that died before claiming) → back into its lane;
 * running with a renewed lease → the in-flight deadline catches up;
 * finished or gone → dropped from the in-flight set.
@@ -33,6 +34,7 @@ class WatchdogStatistics(msgspec.Struct, frozen=True, kw_only=True):
 
     reclaimed: int
     failed: int
+    canceled: int
     requeued_unclaimed: int
     promoted: int
 
@@ -43,13 +45,14 @@ class Watchdog:
     def __init__(self, queue: Queue) -> None:
         self.queue = queue
         self.store = queue.store
-        self._reclaimed = self._failed = self._requeued = self._promoted = 0
+        self._reclaimed = self._failed = self._canceled = self._requeued = self._promoted = 0
 
     def statistics(self) -> WatchdogStatistics:
         """Counters of takeovers won by this watchdog."""
         return WatchdogStatistics(
             reclaimed=self._reclaimed,
             failed=self._failed,
+            canceled=self._canceled,
             requeued_unclaimed=self._requeued,
             promoted=self._promoted,
         )
@@ -86,6 +89,15 @@ class Watchdog:
         }
         clear = {"lease_owner": "", "lease_deadline_ms": ""}
         try:
+            if record.cancel_requested:  # its worker died before it could honour the cancel
+                await writer.finish(
+                    TaskState.CANCELED,
+                    {**info, "reason": "cancel requested; the worker's lease expired"},
+                    lease_expired_before=now,
+                )
+                self._canceled += 1
+                await self.queue.release(task_id)
+                return
             if record.attempt >= record.max_attempts:
                 await writer.finish(
                     TaskState.FAILED,

@@ -24,6 +24,7 @@ their lane.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import random
@@ -227,6 +228,13 @@ class Worker:
             return  # running elsewhere: its in-flight entry is not ours to touch
         head = ChainHead(seq=record.head_seq, hash=record.head_hash)
         writer = EventWriter(self.store, task_id, epoch=record.epoch, head=head)
+        if record.cancel_requested:  # cancelled while it was running before (then handed back)
+            with contextlib.suppress(AppendRejected):
+                await writer.finish(
+                    TaskState.CANCELED, {"reason": "cancel requested", "ran": False}
+                )
+            await self.queue.release(task_id)
+            return
         attempt = record.attempt + 1
         epoch = record.epoch + 1
         deadline = now_ms() + int(settings.lease_timeout_s * 1000)
@@ -240,7 +248,6 @@ class Worker:
                     "lease_owner": self.worker_id,
                     "lease_deadline_ms": str(deadline),
                     "attempt": str(attempt),
-                    "cancel_requested": "",
                 },
             )
         except AppendRejected:

@@ -301,3 +301,30 @@ async def test_graceful_stop_hands_back_running_tasks(queue: Queue) -> None:
 
 
 Factory = Callable[..., Awaitable[Any]]
+
+
+async def test_cancel_of_a_task_whose_worker_died_ends_canceled(queue: Queue) -> None:
+    """A cancel that reached a dead worker's task is honoured by the watchdog, not re-run."""
+    from axon.store import now_ms
+    from axon.watchdog import Watchdog
+    from axon.writer import EventWriter
+
+    record = await queue.submit(spec(count=1))
+    claimed = await queue.claim_next(["default"], deadline_ms=now_ms() - 1)
+    assert claimed == (record.id, "default")
+    # A worker claims it, then dies: its lease is already in the past.
+    writer = EventWriter(queue.store, record.id, epoch=0)
+    past = str(now_ms() - 1)
+    await writer.transition(
+        TaskState.RUNNING,
+        "claimed",
+        {"worker": "dead"},
+        new_epoch=1,
+        fields={"lease_owner": "dead", "lease_deadline_ms": past, "attempt": "1"},
+    )
+    assert await queue.cancel(record.id) is TaskState.RUNNING
+    await Watchdog(queue).sweep(now=now_ms())
+    done = await queue.store.get_task(record.id)
+    assert done.state is TaskState.CANCELED
+    assert (await kinds(queue.store, record.id))[-1] == "canceled"
+    assert (await queue.depth())["inflight"] == 0
