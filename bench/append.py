@@ -16,28 +16,22 @@ Results go to ``bench/results/append-<UTC timestamp>.{json,md}`` and
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import csv
 import io
-import json
-import math
 import os
 import platform
 import pstats
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
@@ -47,10 +41,8 @@ import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
-from axon import __version__ as axon_version
 from axon.chain import ChainHead, verify_chain
-from axon.connection import open_store
-from axon.embedded import ServerProcess, valkey_binary
+from axon.connection import HiredisConnection, open_store
 from axon.events import GENESIS_HASH, build_event, check_kind, encode_data, event_hash
 from axon.keys import new_task_id
 from axon.lua import APPEND
@@ -59,9 +51,34 @@ from axon.settings import Settings
 from axon.store import Store, now_ms
 from axon.writer import EventWriter
 
+# isort: split
+from common import (
+    CONTENDED_SHARE,
+    RESULTS_DIR,
+    arguments,
+    at_least,
+    at_most,
+    cell,
+    delete_matching,
+    machine_cpu_s,
+    machine_info,
+    median_of,
+    metric,
+    metrics_markdown,
+    package_version,
+    percentile,
+    plain_client,
+    progress,
+    publish,
+    ratio,
+    report_of,
+    run_on_server,
+    run_prefix,
+    sample_server,
+)
+
 T = TypeVar("T")
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 EVENT_KIND = "bench"
 READ_PAGE = 1000
 
@@ -104,13 +121,6 @@ QUICK_PLAN = Plan(
     read_events=20_000,
     read_passes=2,
 )
-
-_started = time.monotonic()
-
-
-def progress(message: str) -> None:
-    """One progress line with the time since start."""
-    print(f"[{time.monotonic() - _started:6.1f}s] {message}", flush=True)
 
 
 def padding_for(payload: int, *, seq: int) -> int:
@@ -158,54 +168,12 @@ def parse_target(url: str, *, embedded: bool) -> Target:
     )
 
 
-def plain_client(store: Store) -> Redis:
-    """The store's command client; this benchmark runs on one server, not a cluster."""
-    if not isinstance(store.redis, Redis):
-        raise SystemExit("bench/append.py measures a single server, not a Redis Cluster")
-    return store.redis
-
-
-class ServerSample(msgspec.Struct, frozen=True):
-    """Server CPU seconds and per-command (calls, usec) counters at one instant."""
-
-    cpu_s: float
-    commands: dict[str, tuple[int, int]]
-
-
-async def sample_server(client: Redis) -> ServerSample:
-    """Read INFO cpu and INFO commandstats."""
-    cpu: dict[str, Any] = await client.info("cpu")
-    stats: dict[str, Any] = await client.info("commandstats")
-    commands = {
-        name.removeprefix("cmdstat_"): (int(value["calls"]), int(value["usec"]))
-        for name, value in stats.items()
-        if isinstance(value, dict)
-    }
-    return ServerSample(float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), commands)
-
-
-CONTENDED_SHARE = 0.25
-"""A phase is contended when other processes used more than this share of one CPU meanwhile."""
-
-
 def is_contended(*usages: Usage | None) -> bool:
     """Whether other processes on this machine competed for CPU during any of ``usages``."""
     return any(
         u is not None and u.other_cpu_s is not None and u.other_cpu_s > CONTENDED_SHARE * u.wall_s
         for u in usages
     )
-
-
-def machine_busy_s() -> float | None:
-    """CPU seconds all CPUs of this machine spent busy since boot (from /proc/stat)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            fields = [int(x) for x in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
-    return busy / os.sysconf("SC_CLK_TCK")
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -226,7 +194,7 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
 async def measured(client: Redis, work: Callable[[], Awaitable[T]]) -> tuple[T, Usage]:
     """Run ``work`` and report its wall time, CPU split and server command counters."""
     before = await sample_server(client)
-    busy0 = machine_busy_s()
+    busy0 = machine_cpu_s()
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -234,13 +202,13 @@ async def measured(client: Redis, work: Callable[[], Awaitable[T]]) -> tuple[T, 
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy1 = machine_busy_s()
+    busy1 = machine_cpu_s()
     after = await sample_server(client)
     child = (children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)
     server = after.cpu_s - before.cpu_s
     other = None
     if busy0 is not None and busy1 is not None:
-        other = round(max(0.0, (busy1 - busy0) - cpu - child - server), 2)
+        other = round(max(0.0, sum(busy1) - sum(busy0) - cpu - child - server), 2)
     commands = {}
     for name, (calls, usec) in after.commands.items():
         calls0, usec0 = before.commands.get(name, (0, 0))
@@ -469,11 +437,6 @@ def _script_time(commands: dict[str, tuple[int, int]]) -> tuple[int, int]:
 # -- (c) latency --------------------------------------------------------------------
 
 
-def percentile(ordered: list[float], q: float) -> float:
-    """Nearest-rank percentile of sorted values."""
-    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
-
-
 async def latency_phase(store: Store, plan: Plan, data: dict[str, Any]) -> dict[str, Any]:
     """(c) Sequential single emits on one writer: no concurrency, one round trip each."""
     (writer,) = await make_writers(store, 1)
@@ -609,11 +572,11 @@ class _PackOnlyStore(Store):
 
     def __init__(self, store: Store) -> None:
         super().__init__(store.redis, settings=store.settings)
-        self._connection = Connection()
+        self._connection = HiredisConnection()  # the packer our own clients use
 
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         self._connection.pack_command("EVALSHA", *script.evalsha_args(keys, args))
-        events = (len(args) - 8 - 2 * int(args[7])) // 2  # see axon/scripts/append.lua
+        events = (len(args) - 9 - 2 * int(args[8])) // 2  # see axon/scripts/append.lua
         return [b"ok", int(args[0]) + events]
 
 
@@ -645,7 +608,7 @@ async def stage_costs(store: Store, payload: int, batch: int) -> dict[str, float
             )  # fmt: skip
 
     keys = [f"x:{{{task}}}:task", f"x:{{{task}}}:events"]
-    args: list[Any] = [1, GENESIS_HASH, 0, GENESIS_HASH, "", "", now_ms(), 0]
+    args: list[Any] = [1, GENESIS_HASH, 0, GENESIS_HASH, "", "", now_ms(), "", 0]
     for raw in raws[:batch]:
         args += [EVENT_KIND, raw]
     command = ("EVALSHA", *APPEND.evalsha_args(keys, args))
@@ -734,130 +697,66 @@ async def profile_phase(
 # -- report ------------------------------------------------------------------------
 
 
-def ratio(ours: float | None, reference: float | None) -> float | None:
-    """``ours / reference``, or ``None`` when either is unknown."""
-    if ours is None or not reference:
-        return None
-    return round(ours / reference, 3)
-
-
-def median_of(values: list[float | None]) -> float | None:
-    """Median of the known values, ``None`` if there are none."""
-    known = [v for v in values if v is not None]
-    return round(statistics.median(known), 1) if known else None
-
-
 def metrics_table(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of the summary: metric, ours, reference, ratio, target, met."""
     append = results["append"]
     ref = append["reference_rps"]
     batched, coalesced = append["batched_events_per_s"], append["coalesced_events_per_s"]
     best = max(batched, coalesced)
-    best_ratio = ratio(best, ref)
     lat, read = results["latency"], results["read"]
     clean = append["uncontended"]
     clean_n, rounds_n = append["uncontended_rounds"], len(append["rounds"])
     clean_best = (
         max(clean["batched_events_per_s"], clean["coalesced_events_per_s"]) if clean else None
     )
-    clean_ratio = ratio(clean_best, clean["reference_rps"]) if clean else None
-    read_ratio = ratio(read["ours_events_per_s"], read["raw_events_per_s"])
+    clean_ref = clean["reference_rps"] if clean else None
+    append_target = f">= {TARGET_APPEND_RATIO}"
     return [
-        {
-            "metric": "(b) append vs (a) pipelined XADD, better of b1/b2 (events/s)",
-            "ours": best,
-            "reference": ref,
-            "ratio": best_ratio,
-            "target": f">= {TARGET_APPEND_RATIO}",
-            "met": None if best_ratio is None else best_ratio >= TARGET_APPEND_RATIO,
-        },
-        {
-            "metric": f"(b) the same, uncontended rounds only ({clean_n} of {rounds_n})",
-            "ours": clean_best,
-            "reference": clean["reference_rps"] if clean else None,
-            "ratio": clean_ratio,
-            "target": f">= {TARGET_APPEND_RATIO}",
-            "met": None if clean_ratio is None else clean_ratio >= TARGET_APPEND_RATIO,
-        },
-        {
-            "metric": "(b1) emit_many batches (events/s)",
-            "ours": batched,
-            "reference": ref,
-            "ratio": ratio(batched, ref),
-            "target": "",
-            "met": None,
-        },
-        {
-            "metric": "(b2) concurrent single emits, coalesced (events/s)",
-            "ours": coalesced,
-            "reference": ref,
-            "ratio": ratio(coalesced, ref),
-            "target": "",
-            "met": None,
-        },
-        {
-            "metric": "server CPU per appended event (us), b1 vs XADD (lower is better)",
-            "ours": append["server_cpu_us_per_event"],
-            "reference": append["reference_server_cpu_us_per_xadd"],
-            "ratio": ratio(
-                append["server_cpu_us_per_event"], append["reference_server_cpu_us_per_xadd"]
-            ),
-            "target": "",
-            "met": None,
-        },
-        {
-            "metric": "client CPU per appended event (us), b1 (this Python process)",
-            "ours": append["client_cpu_us_per_event"],
-            "reference": None,
-            "ratio": None,
-            "target": "",
-            "met": None,
-        },
-        {
-            "metric": "(c) single append latency p99 (ms)",
-            "ours": lat["p99_ms"],
-            "reference": None,
-            "ratio": None,
-            "target": f"<= {TARGET_P99_MS} ms",
-            "met": lat["p99_ms"] <= TARGET_P99_MS,
-        },
-        {
-            "metric": "(c) single append latency p50 / max (ms)",
-            "ours": f"{lat['p50_ms']} / {lat['max_ms']}",
-            "reference": None,
-            "ratio": None,
-            "target": "",
-            "met": None,
-        },
-        {
-            "metric": "(d) range read: Store.read vs raw XRANGE, no reply callback (events/s)",
-            "ours": read["ours_events_per_s"],
-            "reference": read["raw_events_per_s"],
-            "ratio": read_ratio,
-            "target": f">= {TARGET_READ_RATIO}",
-            "met": None if read_ratio is None else read_ratio >= TARGET_READ_RATIO,
-        },
-        {
-            "metric": "(d') range read: Store.read vs redis-py client.xrange (events/s)",
-            "ours": read["ours_events_per_s"],
-            "reference": read["xrange_events_per_s"],
-            "ratio": ratio(read["ours_events_per_s"], read["xrange_events_per_s"]),
-            "target": "",
-            "met": None,
-        },
+        metric(
+            "(b) append vs (a) pipelined XADD, better of b1/b2 (events/s)",
+            best,
+            ref,
+            append_target,
+            at_least(ratio(best, ref), TARGET_APPEND_RATIO),
+        ),
+        metric(
+            f"(b) the same, uncontended rounds only ({clean_n} of {rounds_n})",
+            clean_best,
+            clean_ref,
+            append_target,
+            at_least(ratio(clean_best, clean_ref), TARGET_APPEND_RATIO),
+        ),
+        metric("(b1) emit_many batches (events/s)", batched, ref),
+        metric("(b2) concurrent single emits, coalesced (events/s)", coalesced, ref),
+        metric(
+            "server CPU per appended event (us), b1 vs XADD (lower is better)",
+            append["server_cpu_us_per_event"],
+            append["reference_server_cpu_us_per_xadd"],
+        ),
+        metric(
+            "client CPU per appended event (us), b1 (this Python process)",
+            append["client_cpu_us_per_event"],
+        ),
+        metric(
+            "(c) single append latency p99 (ms)",
+            lat["p99_ms"],
+            target=f"<= {TARGET_P99_MS} ms",
+            met=at_most(lat["p99_ms"], TARGET_P99_MS),
+        ),
+        metric("(c) single append latency p50 / max (ms)", f"{lat['p50_ms']} / {lat['max_ms']}"),
+        metric(
+            "(d) range read: Store.read vs raw XRANGE, no reply callback (events/s)",
+            read["ours_events_per_s"],
+            read["raw_events_per_s"],
+            f">= {TARGET_READ_RATIO}",
+            at_least(ratio(read["ours_events_per_s"], read["raw_events_per_s"]), TARGET_READ_RATIO),
+        ),
+        metric(
+            "(d') range read: Store.read vs redis-py client.xrange (events/s)",
+            read["ours_events_per_s"],
+            read["xrange_events_per_s"],
+        ),
     ]
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "**no**"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if value >= 1000 else f"{value:.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -874,13 +773,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{'quick' if report['quick'] else 'default'} run, {report['duration_s']:.0f} s; "
         f"load average at start {machine['loadavg']}.",
         "",
-        "| metric | ours | reference | ratio | target | met? |",
-        "|---|---:|---:|---:|---|---|",
-    ]
-    for row in report["metrics"]:
-        cells = [row["metric"], row["ours"], row["reference"], row["ratio"], row["target"]]
-        lines.append("| " + " | ".join(_cell(c) for c in [*cells, row["met"]]) + " |")
-    lines += [
+        *metrics_markdown(report["metrics"]),
         "",
         f"- (a) {append['reference_mode'] or 'not measured'}"
         + (f": {append['reference_note']}" if append["reference_note"] else "")
@@ -892,12 +785,12 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for r in append["rounds"]:
         lines.append(
-            f"  - round {r['round']}: {_cell(r['reference_rps'])} / "
-            f"{_cell(r['batched']['events_per_s'])} / {_cell(r['coalesced']['events_per_s'])}"
-            f" (ratio {_cell(r['ratio_batched'])}; "
+            f"  - round {r['round']}: {cell(r['reference_rps'])} / "
+            f"{cell(r['batched']['events_per_s'])} / {cell(r['coalesced']['events_per_s'])}"
+            f" (ratio {cell(r['ratio_batched'])}; "
             f"{'contended' if r['contended'] else 'uncontended'}: other processes used "
-            f"{_cell(r['batched']['usage']['other_cpu_s'])} s CPU during the "
-            f"{_cell(r['batched']['usage']['wall_s'])} s of b1)"
+            f"{cell(r['batched']['usage']['other_cpu_s'])} s CPU during the "
+            f"{cell(r['batched']['usage']['wall_s'])} s of b1)"
         )
     if append["uncontended_rounds"] < len(append["rounds"]):
         lines.append(
@@ -917,7 +810,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"- (c) {lat['samples']:,} sequential emits after {lat['warmup']} warm-up: "
         f"p50 {lat['p50_ms']}, p90 {lat['p90_ms']}, p99 {lat['p99_ms']}, "
         f"p99.9 {lat['p999_ms']}, max {lat['max_ms']} ms; other processes used "
-        f"{_cell(lat['usage']['other_cpu_s'])} s CPU during its {_cell(lat['usage']['wall_s'])} s."
+        f"{cell(lat['usage']['other_cpu_s'])} s CPU during its {cell(lat['usage']['wall_s'])} s."
     )
     read = results["read"]
     lines.append(
@@ -931,70 +824,12 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_builtins(value: Any) -> Any:
-    """Plain JSON-able data from nested dicts, lists and msgspec structs."""
-    return msgspec.to_builtins(value)
-
-
-def write_results(report: dict[str, Any], stamp: str) -> list[Path]:
-    """Timestamped and ``-latest`` JSON and Markdown files in ``bench/results``."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    body = json.dumps(report, indent=2) + "\n"
-    text = markdown(report)
-    paths = []
-    for name in (f"append-{stamp}", "append-latest"):
-        for suffix, content in ((".json", body), (".md", text)):
-            path = RESULTS_DIR / f"{name}{suffix}"
-            path.write_text(content, encoding="utf-8")
-            paths.append(path)
-    return paths
-
-
-def git_revision() -> str | None:
-    """The checkout's commit, with ``-dirty`` when tracked files under ``axon/`` changed."""
-    git = shutil.which("git")
-    if git is None:
-        return None
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            [git, "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, check=True
-        ).stdout
-        dirty = subprocess.run(
-            [git, "status", "--porcelain", "--untracked-files=no", "--", "axon"],
-            cwd=root,
-            capture_output=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head.decode().strip() + ("-dirty" if dirty.strip() else "")
-
-
-def package_version(name: str) -> str | None:
-    """An installed distribution's version."""
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-async def machine_info(store: Store, target: Target) -> dict[str, Any]:
-    """Where this ran: interpreter, libraries, CPUs and the server."""
-    server = await store.server_info()
+def machine_extras() -> dict[str, Any]:
+    """The interpreter's implementation, the CPUs this process may use, the libraries
+    that carry an append, and the reference's tool: ``machine_info``'s extra fields."""
     return {
-        "python": platform.python_version(),
         "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-        "server": server.server,
-        "server_version": server.version,
-        "server_aof": server.aof_enabled,
-        "embedded": target.embedded,
-        "axon": axon_version,
-        "git": git_revision(),
         "redis_py": package_version("redis"),
         "hiredis": package_version("hiredis"),
         "msgspec": package_version("msgspec"),
@@ -1004,20 +839,6 @@ async def machine_info(store: Store, target: Target) -> dict[str, Any]:
 
 
 # -- main ---------------------------------------------------------------------------
-
-
-async def delete_prefix(client: Redis, prefix: str) -> int:
-    """Delete every key under ``prefix:``; returns how many."""
-    deleted = 0
-    batch: list[bytes] = []
-    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            deleted += int(await client.unlink(*batch))
-            batch = []
-    if batch:
-        deleted += int(await client.unlink(*batch))
-    return deleted
 
 
 async def append_rounds(
@@ -1076,7 +897,7 @@ async def append_rounds(
                 "contended": is_contended(ref_usage, batched["usage"], coalesced["usage"]),
             }
         )
-        await delete_prefix(client, prefix)  # keep the server's memory flat between rounds
+        await delete_matching(client, f"{prefix}:*")  # keep the server's memory flat between rounds
     clean = [r for r in rounds if not r["contended"]]
     return {
         "reference_mode": reference.mode,
@@ -1112,13 +933,13 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 async def run(target: Target, plan: Plan, *, quick: bool, profile: bool) -> dict[str, Any]:
     """All four measurements against ``target``; returns the report."""
     started = datetime.now(UTC).replace(microsecond=0)
-    prefix = f"axonbench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    prefix = run_prefix()
     settings = Settings(redis_url=target.url, key_prefix=prefix)
     results: dict[str, Any] = {}
     async with open_store(settings) as store:
         client = plain_client(store)
         try:
-            machine = await machine_info(store, target)
+            machine = await machine_info(store, embedded=target.embedded, **machine_extras())
             progress(
                 f"{machine['server']} {machine['server_version']} at {target.host}:{target.port}"
                 f"/{target.db}; key prefix {prefix}; load average {machine['loadavg']}"
@@ -1150,26 +971,23 @@ async def run(target: Target, plan: Plan, *, quick: bool, profile: bool) -> dict
                 results["profile"] = await profile_phase(store, plan, data, out)
         finally:
             with anyio.CancelScope(shield=True):
-                deleted = await delete_prefix(client, prefix)
+                deleted = await delete_matching(client, f"{prefix}:*")
             progress(f"deleted {deleted} keys under {prefix}:*")
-    report: dict[str, Any] = {
-        "benchmark": "append",
-        "started_utc": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "duration_s": round(time.monotonic() - _started, 1),
-        "quick": quick,
-        "plan": asdict(plan) | {"coalesced_events": plan.coalesced_events},
-        "machine": machine,
-        "results": results,
-    }
-    report = to_builtins(report)
+    report = report_of(
+        "append",
+        started,
+        quick=quick,
+        plan=asdict(plan) | {"coalesced_events": plan.coalesced_events},
+        machine=machine,
+        results=results,
+    )
     report["metrics"] = metrics_table(report["results"])
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse options, start (or use) the server, run, write and print the results."""
-    parser = argparse.ArgumentParser(description="Append benchmark (see bench/README.md).")
-    parser.add_argument("--redis-url", help="use this server instead of an embedded Valkey")
+    parser = arguments("Append benchmark (see bench/README.md).")
     parser.add_argument(
         "--events",
         type=int,
@@ -1188,30 +1006,15 @@ def main(argv: list[str] | None = None) -> int:
     if plan.events < plan.writers or plan.payload < 1:
         parser.error(f"--events must be at least {plan.writers} and --payload positive")
 
-    server: ServerProcess | None = None
     with tempfile.TemporaryDirectory(prefix="axon-bench-") as tmp:
-        if args.redis_url:
-            target = parse_target(args.redis_url, embedded=False)
-        else:
-            server = ServerProcess(valkey_binary(), Path(tmp), args=["--appendonly", "no"])
-            progress(f"starting embedded valkey-server on port {server.port} ...")
-            server.start()
-            target = parse_target(server.url, embedded=True)
-        try:
-            report = anyio.run(
-                lambda: run(target, plan, quick=args.quick, profile=args.profile),
-                backend="asyncio",
-            )
-        finally:
-            if server is not None:
-                server.stop()
-                progress("embedded server stopped")
-    stamp = report["started_utc"].replace("-", "").replace(":", "")
-    paths = write_results(report, stamp)
-    print()
-    print(markdown(report))
-    for path in paths:
-        progress(f"wrote {path}")
+        report = run_on_server(
+            args.redis_url,
+            Path(tmp),
+            lambda url, embedded: run(
+                parse_target(url, embedded=embedded), plan, quick=args.quick, profile=args.profile
+            ),
+        )
+    publish("append", report, markdown(report))
     return 0
 
 

@@ -27,9 +27,7 @@ import asyncio
 import contextlib
 import importlib
 import json
-import math
 import os
-import platform
 import random
 import shutil
 import signal
@@ -38,12 +36,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -54,19 +50,42 @@ import msgspec
 from redis.asyncio import Redis
 
 import axon
-from axon import __version__ as axon_version
 from axon.adapters.python import registered
 from axon.chain import verify_chain
 from axon.connection import open_store
-from axon.embedded import ServerProcess, valkey_binary
 from axon.events import Event, decode_event
 from axon.queue import Queue
 from axon.records import TaskSpec, TaskState
 from axon.settings import Settings
 from axon.store import Store
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "bench" / "results"
+# isort: split
+from common import (
+    CONTENDED_SHARE,
+    ROOT,
+    ServerSample,
+    arguments,
+    at_least,
+    at_most,
+    cell,
+    delete_matching,
+    machine_cpu_s,
+    machine_info,
+    median_of,
+    metric,
+    metrics_markdown,
+    package_version,
+    percentile,
+    plain_client,
+    progress,
+    publish,
+    ratio,
+    report_of,
+    run_on_server,
+    run_prefix,
+    sample_server,
+)
+
 READY = "bench-peer-ready"
 """What a peer's worker process prints once it is connected and about to take jobs."""
 
@@ -118,14 +137,6 @@ QUICK_PLAN = Plan(
     cancel_samples=5,
     drain_rounds=1,
 )
-
-_started = time.monotonic()
-
-
-def progress(message: str) -> None:
-    """One progress line with the time since start."""
-    print(f"[{time.monotonic() - _started:6.1f}s] {message}", flush=True)
-
 
 # -- job functions the peers' workers run ----------------------------------------------
 
@@ -350,7 +361,11 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     """This process's environment plus ``extra``, with the checkout importable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AXON_", "BENCH_"))}
     env.pop("REDIS_URL", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # The checkout for ``bench.tasks`` and ``axon``; bench/ for ``common``, which
+    # ``python bench/tasks.py`` finds as its script's directory but ``-m bench.tasks``
+    # and ``axon worker --import bench.tasks`` do not.
+    paths = [str(ROOT), str(ROOT / "bench"), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     env["PYTHONUNBUFFERED"] = "1"
     return {**env, **extra}
 
@@ -424,11 +439,6 @@ class Workers:
 # -- measuring --------------------------------------------------------------------------
 
 
-def percentile(ordered: list[float], q: float) -> float:
-    """Nearest-rank percentile of sorted values."""
-    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
-
-
 def distribution(samples: list[float], digits: int = 3) -> dict[str, Any]:
     """p50/p90/p99/max/mean of ``samples`` (milliseconds, or whatever they are)."""
     ordered = sorted(samples)
@@ -443,44 +453,6 @@ def distribution(samples: list[float], digits: int = 3) -> dict[str, Any]:
         "max": round(ordered[-1], digits),
         "mean": round(statistics.fmean(ordered), digits),
     }
-
-
-def machine_cpu_s() -> tuple[float, float] | None:
-    """CPU seconds all CPUs of this machine spent busy, and stolen by the hypervisor,
-    since boot (from /proc/stat)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            fields = [int(x) for x in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    tick = os.sysconf("SC_CLK_TCK")
-    steal = fields[7] if len(fields) > 7 else 0
-    busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6]  # user nice system irq softirq
-    return busy / tick, steal / tick
-
-
-class ServerSample(msgspec.Struct, frozen=True):
-    """Server CPU seconds and per-command call counts at one instant."""
-
-    cpu_s: float
-    calls: dict[str, int]
-
-
-async def sample_server(client: Redis) -> ServerSample:
-    """Read INFO cpu and INFO commandstats."""
-    cpu: dict[str, Any] = await client.info("cpu")
-    stats: dict[str, Any] = await client.info("commandstats")
-    calls = {
-        name.removeprefix("cmdstat_"): int(value["calls"])
-        for name, value in stats.items()
-        if isinstance(value, dict)
-    }
-    return ServerSample(float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), calls)
-
-
-CONTENDED_SHARE = 0.25
-"""A run is contended when other processes used, or the hypervisor stole, more than this
-share of one CPU meanwhile."""
 
 
 class Meter:
@@ -518,10 +490,11 @@ class Meter:
             ours = client + (worker or 0.0) + server
             other = round(max(0.0, machine1[0] - self._machine0[0] - ours), 2)
             steal = round(machine1[1] - self._machine0[1], 2)
+        calls0 = {name: calls for name, (calls, _) in self._server0.commands.items()}
         calls = {
-            name: round((count - self._server0.calls.get(name, 0)) / max(tasks, 1), 2)
-            for name, count in sorted(server1.calls.items())
-            if name not in ("info",) and count > self._server0.calls.get(name, 0)
+            name: round((count - calls0.get(name, 0)) / max(tasks, 1), 2)
+            for name, (count, _) in sorted(server1.commands.items())
+            if name not in ("info",) and count > calls0.get(name, 0)
         }
 
         def per_task(seconds: float | None) -> float | None:
@@ -574,13 +547,6 @@ POLL_S = 0.005
 DONE_TIMEOUT_S = 300.0
 
 
-def plain(store: Store) -> Redis:
-    """The store's command client; this benchmark runs on one server, not a cluster."""
-    if not isinstance(store.redis, Redis):
-        raise SystemExit("bench/tasks.py measures a single server, not a Redis Cluster")
-    return store.redis
-
-
 # -- 1. throughput: Axon ----------------------------------------------------------------
 
 NOOP = TaskSpec(tenant="bench", adapter="mock", args={"count": 0})
@@ -594,7 +560,7 @@ async def axon_outstanding(queue: Queue) -> int:
     one script, so lanes + in-flight = 0 means all done.
     """
     keys = queue.keys
-    async with plain(queue.store).pipeline(transaction=False) as pipe:
+    async with plain_client(queue.store).pipeline(transaction=False) as pipe:
         for lane in queue.settings.lanes:
             pipe.llen(keys.lane(lane))
         pipe.zcard(keys.inflight())
@@ -605,7 +571,7 @@ async def axon_outstanding(queue: Queue) -> int:
 
 async def axon_states(queue: Queue, ids: list[str]) -> dict[str, int]:
     """How many of ``ids`` are in each state (one pipeline of HGETs)."""
-    async with plain(queue.store).pipeline(transaction=False) as pipe:
+    async with plain_client(queue.store).pipeline(transaction=False) as pipe:
         for task_id in ids:
             pipe.hget(queue.keys.task(task_id), "state")
         states = await pipe.execute()
@@ -618,7 +584,7 @@ async def axon_states(queue: Queue, ids: list[str]) -> dict[str, int]:
 
 async def axon_drop(queue: Queue, ids: list[str]) -> None:
     """Delete the keys of finished tasks, so rounds do not pile up memory."""
-    client = plain(queue.store)
+    client = plain_client(queue.store)
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
         keys = [k for t in chunk for k in (queue.keys.task(t), queue.keys.events(t))]
@@ -627,7 +593,7 @@ async def axon_drop(queue: Queue, ids: list[str]) -> None:
 
 async def axon_throughput(queue: Queue, worker: WorkerProcess, n: int) -> dict[str, Any]:
     """Submit ``n`` no-op mock tasks one after another, wait until all succeeded."""
-    meter = Meter(plain(queue.store), worker)
+    meter = Meter(plain_client(queue.store), worker)
     await meter.begin()
     ids: list[str] = []
     t0 = time.perf_counter()
@@ -1167,33 +1133,6 @@ async def cancel_samples(store: Store, samples: int, *, shell: bool) -> dict[str
 # -- the run ----------------------------------------------------------------------------
 
 
-def ratio(ours: float | None, reference: float | None) -> float | None:
-    """``ours / reference``, or ``None`` when either is unknown."""
-    if ours is None or not reference:
-        return None
-    return round(ours / reference, 3)
-
-
-def median_of(values: list[float | None]) -> float | None:
-    """Median of the known values, ``None`` if there are none."""
-    known = [v for v in values if v is not None]
-    return round(statistics.median(known), 1) if known else None
-
-
-async def delete_matching(client: Redis, pattern: str) -> int:
-    """Delete every key matching ``pattern``; returns how many."""
-    deleted = 0
-    batch: list[bytes] = []
-    async for key in client.scan_iter(match=pattern, count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            deleted += int(await client.unlink(*batch))
-            batch = []
-    if batch:
-        deleted += int(await client.unlink(*batch))
-    return deleted
-
-
 def failure(name: str, exc: BaseException) -> dict[str, Any]:
     """A measurement that could not be made, and why."""
     reason = f"{type(exc).__name__}: {exc}"
@@ -1321,7 +1260,7 @@ async def axon_drain(store: Store, workers: Workers, n: int, prefix: str) -> dic
             await wait_until(done, limit_s=DONE_TIMEOUT_S, interval=0.02, what="axon drain")
         finally:
             await workers.stop(worker)
-        async with plain(drain_store).pipeline(transaction=False) as pipe:
+        async with plain_client(drain_store).pipeline(transaction=False) as pipe:
             for task_id in ids:
                 pipe.hmget(queue.keys.task(task_id), ["state", "started_ms", "finished_ms"])
             rows = await pipe.execute()
@@ -1405,7 +1344,7 @@ async def drain_phase(
                 f"(1b) round {index}/{plan.drain_rounds}: {name}, {n:,} tasks queued before "
                 "its worker starts ..."
             )
-            meter = Meter(plain(store), None)
+            meter = Meter(plain_client(store), None)
             try:
                 await meter.begin()
                 result = await go()
@@ -1463,16 +1402,23 @@ async def run(
 ) -> dict[str, Any]:
     """Every measurement against the server at ``target_url``; returns the report."""
     started = datetime.now(UTC).replace(microsecond=0)
-    tag = f"axonbench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tag = run_prefix()
     settings = Settings(redis_url=target_url, key_prefix=tag)
     results: dict[str, Any] = {}
     workers = Workers(target_url, logs, plan.concurrency)
     peers = Peers()
     async with open_store(settings) as store:
-        redis = plain(store)
+        redis = plain_client(store)
         queue = Queue(store)
         try:
-            machine = await machine_info(store, embedded=embedded)
+            machine = await machine_info(
+                store,
+                embedded=embedded,
+                versions={
+                    name: package_version(name)
+                    for name in ("redis", "hiredis", "anyio", "saq", "arq", "rq", "celery", "kombu")
+                },
+            )
             progress(
                 f"{machine['server']} {machine['server_version']} at {target_url}; "
                 f"key tag {tag}; load average {machine['loadavg']}"
@@ -1548,16 +1494,14 @@ async def run(
                 await workers.stop_all()
                 deleted = await delete_matching(redis, f"*{tag}*")
             progress(f"deleted {deleted} keys matching *{tag}*")
-    report: dict[str, Any] = {
-        "benchmark": "tasks",
-        "started_utc": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "duration_s": round(time.monotonic() - _started, 1),
-        "quick": quick,
-        "plan": asdict(plan) | {"drain_tasks": plan.drain_tasks},
-        "machine": machine,
-        "results": results,
-    }
-    report = msgspec.to_builtins(report)
+    report = report_of(
+        "tasks",
+        started,
+        quick=quick,
+        plan=asdict(plan) | {"drain_tasks": plan.drain_tasks},
+        machine=machine,
+        results=results,
+    )
     report["metrics"] = metrics_table(report["results"], plan)
     return report
 
@@ -1713,79 +1657,14 @@ async def profile_worker(
 # -- report -----------------------------------------------------------------------------
 
 
-def package_version(name: str) -> str | None:
-    """An installed distribution's version."""
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def git_revision() -> str | None:
-    """The checkout's commit, with ``-dirty`` when tracked files under ``axon/`` changed."""
-    git = shutil.which("git")
-    if git is None:
-        return None
-    try:
-        head = subprocess.run(
-            [git, "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, check=True
-        ).stdout
-        dirty = subprocess.run(
-            [git, "status", "--porcelain", "--untracked-files=no", "--", "axon"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head.decode().strip() + ("-dirty" if dirty.strip() else "")
-
-
-async def machine_info(store: Store, *, embedded: bool) -> dict[str, Any]:
-    """Where this ran: interpreter, libraries, CPUs and the server."""
-    server = await store.server_info()
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-        "server": server.server,
-        "server_version": server.version,
-        "server_aof": server.aof_enabled,
-        "embedded": embedded,
-        "axon": axon_version,
-        "git": git_revision(),
-        "versions": {
-            name: package_version(name)
-            for name in ("redis", "hiredis", "anyio", "saq", "arq", "rq", "celery", "kombu")
-        },
-    }
-
-
 def metrics_table(results: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
     """Rows of the summary: metric, ours, reference, ratio, target, met."""
     rows: list[dict[str, Any]] = []
 
     def add(
-        metric: str, ours: Any, reference: Any = None, target: str = "", met: Any = None
+        name: str, ours: Any, reference: Any = None, target: str = "", met: bool | None = None
     ) -> None:
-        both = isinstance(ours, int | float) and isinstance(reference, int | float)
-        rows.append(
-            {
-                "metric": metric,
-                "ours": ours,
-                "reference": reference,
-                "ratio": ratio(ours, reference) if both else None,
-                "target": target,
-                "met": met,
-            }
-        )
-
-    def at_least(r: float | None, target: float) -> bool | None:
-        return None if r is None else r >= target
-
-    def at_most(value: Any, limit: float) -> bool | None:
-        return value <= limit if isinstance(value, int | float) else None
+        rows.append(metric(name, ours, reference, target, met))
 
     tp = results.get("throughput", {})
     drain = results.get("drain", {})
@@ -1903,18 +1782,6 @@ def metrics_table(results: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "**no**"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if value >= 1000 else f"{value:.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
 def _calls(calls: dict[str, float] | None) -> str:
     if not calls:
         return "n/a"
@@ -1936,13 +1803,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{'quick' if report['quick'] else 'default'} run, {report['duration_s']:.0f} s; "
         f"load average at start {machine['loadavg']}.",
         "",
-        "| metric | ours | reference | ratio | target | met? |",
-        "|---|---:|---:|---:|---|---|",
+        *metrics_markdown(report["metrics"]),
+        "",
     ]
-    for row in report["metrics"]:
-        cells = [row["metric"], row["ours"], row["reference"], row["ratio"], row["target"]]
-        lines.append("| " + " | ".join(_cell(c) for c in [*cells, row["met"]]) + " |")
-    lines.append("")
     tp = results.get("throughput", {})
     lines.append(
         "- (1) Throughput: one client enqueues N no-op tasks one after another (awaiting "
@@ -1958,16 +1821,16 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"  - {name}: not measured: {f.get('error', 'n/a')}")
             continue
         lines.append(
-            f"  - {name}: {_cell(f['tasks_per_s'])}; {_cell(f.get('enqueue_per_s'))}; "
-            f"CPU {_cell(f.get('worker_cpu_us_per_task'))} / "
-            f"{_cell(f.get('server_cpu_us_per_task'))} / {_cell(f.get('client_cpu_us_per_task'))}"
+            f"  - {name}: {cell(f['tasks_per_s'])}; {cell(f.get('enqueue_per_s'))}; "
+            f"CPU {cell(f.get('worker_cpu_us_per_task'))} / "
+            f"{cell(f.get('server_cpu_us_per_task'))} / {cell(f.get('client_cpu_us_per_task'))}"
             f"; calls: {_calls(f.get('server_calls_per_task'))}"
         )
     for r in tp.get("rounds", []):
         text = "; ".join(
-            f"{name} {_cell(r[name].get('tasks_per_s'))} (other CPU "
-            f"{_cell(r[name].get('other_cpu_s'))} s, stolen {_cell(r[name].get('steal_cpu_s'))} s"
-            f" in {_cell(r[name].get('total_s'))} s)"
+            f"{name} {cell(r[name].get('tasks_per_s'))} (other CPU "
+            f"{cell(r[name].get('other_cpu_s'))} s, stolen {cell(r[name].get('steal_cpu_s'))} s"
+            f" in {cell(r[name].get('total_s'))} s)"
             for name in ("axon", "saq", "arq")
             if name in r
         )
@@ -2000,7 +1863,7 @@ def markdown(report: dict[str, Any]) -> str:
                 lines.append(f"  - {name}: not measured: {d.get('error', 'n/a')}")
                 continue
             runs = "; ".join(
-                f"{_cell(r['tasks_per_s'])}, {r['span_s']} s (stolen {r['steal_cpu_s']} s)"
+                f"{cell(r['tasks_per_s'])}, {r['span_s']} s (stolen {r['steal_cpu_s']} s)"
                 if "span_s" in r
                 else f"n/a ({r.get('error')})"
                 for r in d["rounds"]
@@ -2078,24 +1941,9 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(report: dict[str, Any], stamp: str) -> list[Path]:
-    """Timestamped and ``-latest`` JSON and Markdown files in ``bench/results``."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    body = json.dumps(report, indent=2) + "\n"
-    text = markdown(report)
-    paths = []
-    for name in (f"tasks-{stamp}", "tasks-latest"):
-        for suffix, content in ((".json", body), (".md", text)):
-            path = RESULTS_DIR / f"{name}{suffix}"
-            path.write_text(content, encoding="utf-8")
-            paths.append(path)
-    return paths
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse options, start (or use) the server, run, write and print the results."""
-    parser = argparse.ArgumentParser(description="Task benchmark (see bench/README.md).")
-    parser.add_argument("--redis-url", help="use this server instead of an embedded Valkey")
+    parser = arguments("Task benchmark (see bench/README.md).")
     parser.add_argument(
         "--tasks",
         type=int,
@@ -2118,39 +1966,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--tasks must be positive")
         plan = replace(plan, tasks=args.tasks)
 
-    server: ServerProcess | None = None
     with tempfile.TemporaryDirectory(prefix="axon-bench-tasks-") as tmp:
         logs = Path(tmp) / "logs"
         logs.mkdir()
-        if args.redis_url:
-            url = args.redis_url
-        else:
-            server = ServerProcess(valkey_binary(), Path(tmp), args=["--appendonly", "no"])
-            progress(f"starting embedded valkey-server on port {server.port} ...")
-            server.start()
-            url = server.url
-        try:
-            report = anyio.run(
-                lambda: run(
-                    url,
-                    plan,
-                    quick=args.quick,
-                    profile=args.profile,
-                    logs=logs,
-                    embedded=server is not None,
-                ),
-                backend="asyncio",
-            )
-        finally:
-            if server is not None:
-                server.stop()
-                progress("embedded server stopped")
-    stamp = report["started_utc"].replace("-", "").replace(":", "")
-    paths = write_results(report, stamp)
-    print()
-    print(markdown(report))
-    for path in paths:
-        progress(f"wrote {path}")
+        report = run_on_server(
+            args.redis_url,
+            Path(tmp),
+            lambda url, embedded: run(
+                url, plan, quick=args.quick, profile=args.profile, logs=logs, embedded=embedded
+            ),
+        )
+    publish("tasks", report, markdown(report))
     return 0
 
 
