@@ -28,6 +28,12 @@ class ConfigError(AxonError):
     code = "invalid_config"
 
 
+class InvalidArgument(AxonError):
+    """Raised when an argument is malformed (a cursor, an entry id, a count)."""
+
+    code = "invalid_argument"
+
+
 class InvalidEvent(AxonError):
     """Raised when an event to append is malformed: bad kind, non-object data, bad encoding."""
 

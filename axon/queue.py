@@ -21,6 +21,7 @@ default 8, a saturated ``high`` lane still lets ``low`` work through at about
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ import msgspec
 from axon import lua
 from axon.errors import (
     AppendRejected,
+    InvalidArgument,
     InvalidTaskSpec,
     TaskNotFound,
     TaskTerminal,
@@ -237,7 +239,15 @@ class Queue:
         )
 
     async def dead_letters(self, *, count: int = 100, after: str = "-") -> list[DeadLetter]:
-        """Dead letters, oldest first, starting after entry id ``after``."""
+        """Dead letters, oldest first, starting after entry id ``after``.
+
+        Raises:
+            InvalidArgument: ``after`` is not an entry id, or ``count`` is not 1..10000.
+        """
+        if after != "-":
+            _check_entry_id(after)
+        if not 1 <= count <= 10_000:
+            raise InvalidArgument("count must be between 1 and 10000", count=count)
         start = after if after == "-" else f"({after}"
         rows = await self.store.call(self.store.redis.xrange(self.keys.dlq(), start, "+", count))
         return [_dead_letter(entry_id, fields) for entry_id, fields in rows]
@@ -249,8 +259,10 @@ class Queue:
         ``metadata["replay_of"]`` naming the failed task.
 
         Raises:
+            InvalidArgument: ``entry_id`` is not an entry id.
             TaskNotFound: no such dead letter, or its task no longer exists.
         """
+        _check_entry_id(entry_id)
         rows = await self.store.call(
             self.store.redis.xrange(self.keys.dlq(), entry_id, entry_id, 1)
         )
@@ -273,6 +285,16 @@ class Queue:
         record = await self.submit(spec)
         await self.store.call(self.store.redis.xdel(self.keys.dlq(), entry_id))
         return record
+
+
+_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+def _check_entry_id(entry_id: str) -> None:
+    if not isinstance(entry_id, str) or _ENTRY_ID.fullmatch(entry_id) is None:
+        raise InvalidArgument(
+            f"{str(entry_id)[:40]!r} is not a dead-letter entry id (like 1763769600123-0)"
+        )
 
 
 def _dead_letter(entry_id: Any, fields: Any) -> DeadLetter:

@@ -119,3 +119,17 @@ def test_task_commands_report_bad_input(valkey: ServerProcess) -> None:
     no_url = run("task", "t_missing")
     assert no_url.returncode == 2
     assert "REDIS_URL" in no_url.stderr
+
+
+def test_dlq_commands_reject_bad_ids(valkey: ServerProcess) -> None:
+    """A malformed dead-letter id or count is an invalid_argument error, not a server error."""
+    env = {"REDIS_URL": valkey.url, "AXON_KEY_PREFIX": f"cli{os.getpid()}"}
+    replay = run("dlq", "replay", "not-an-id", env=env)
+    assert replay.returncode == 1
+    assert "invalid_argument" in replay.stderr
+    listing = run("dlq", "list", "--count", "0", env=env)
+    assert listing.returncode == 1
+    assert "invalid_argument" in listing.stderr
+    missing = run("dlq", "replay", "1-0", env=env)
+    assert missing.returncode == 1
+    assert "task_not_found" in missing.stderr
