@@ -42,7 +42,13 @@ def backend(valkey: ServerProcess) -> Backend:
 
 @pytest.mark.parametrize(
     "args",
-    [{"count": -1}, {"count": "3"}, {"outcome": "maybe"}, {"interval_ms": 1.5}],
+    [
+        {"count": -1},
+        {"count": "3"},
+        {"outcome": "maybe"},
+        {"interval_ms": 1.5},
+        {"payload_bytes": 1 << 40},
+    ],
 )
 async def test_mock_rejects_bad_args(
     make_settings: Callable[..., Settings], args: dict[str, object]

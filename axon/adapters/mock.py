@@ -21,10 +21,10 @@ import anyio
 from axon.adapters.base import AdapterError, Outcome, TaskContext
 
 
-def _int(args: dict[str, Any], name: str, default: int, *, low: int = 0) -> int:
+def _int(args: dict[str, Any], name: str, default: int, *, low: int = 0, high: int = 2**62) -> int:
     value = args.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise AdapterError(f"mock: {name} must be an integer >= {low}", field=name)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise AdapterError(f"mock: {name} must be an integer in {low}..{high}", field=name)
     return value
 
 
@@ -37,7 +37,7 @@ class MockAdapter:
         args = ctx.args
         count = _int(args, "count", 3)
         interval = _int(args, "interval_ms", 0) / 1000
-        payload = "x" * _int(args, "payload_bytes", 0)
+        payload = "x" * _int(args, "payload_bytes", 0, high=1 << 20)
         fail_attempts = _int(args, "fail_attempts", 0)
         linger = _int(args, "ignore_cancel_ms", 0) / 1000
         outcome = args.get("outcome", "succeeded")
