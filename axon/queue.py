@@ -37,7 +37,7 @@ from axon.errors import (
 )
 from axon.keys import check_task_id
 from axon.records import TaskRecord, TaskSpec, TaskState
-from axon.store import Store, now_ms
+from axon.store import Store, now_ms, xread_entries
 from axon.writer import EventWriter
 
 
@@ -123,11 +123,7 @@ class Queue:
                 {self.keys.signal(): cursor}, count=1000, block=max(timeout_ms, 1)
             )
         )
-        if not reply:
-            return cursor
-        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-        if entries and isinstance(entries[0], list) and isinstance(entries[0][0], list):
-            entries = entries[0]
+        entries = xread_entries(reply)
         return bytes(entries[-1][0]) if entries else cursor
 
     # -- in flight ------------------------------------------------------------------

@@ -383,16 +383,7 @@ class Store:
         reply = await self.call(
             self.blocking.xread({key: f"{after_seq}-0"}, count=limit, block=max(timeout_ms, 1))
         )
-        if not reply:
-            return []
-        # RESP2: [[key, entries]]; RESP3: {key: entries} (parsed: {key: [entries]})
-        if isinstance(reply, dict):
-            entries = next(iter(reply.values()))
-            if entries and isinstance(entries[0], list) and isinstance(entries[0][0], list):
-                entries = entries[0]
-        else:
-            entries = reply[0][1]
-        return _parse_entries(entries)
+        return _parse_entries(xread_entries(reply))
 
     # -- server -------------------------------------------------------------
 
@@ -510,6 +501,22 @@ def _check_spec(spec: TaskSpec) -> None:
             "retry backoff must satisfy 0 < retry_backoff_s <= retry_backoff_max_s",
             field="retry_backoff_s",
         )
+
+
+def xread_entries(reply: Any) -> list[Any]:
+    """The entries of a one-stream ``XREAD`` reply, whatever shape redis-py gives it.
+
+    RESP2 raw or parsed: ``[[key, entries]]``; RESP3: ``{key: entries}`` (parsed:
+    ``{key: [entries]}``); nothing on timeout.
+    """
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        entries = next(iter(reply.values()))
+        if entries and isinstance(entries[0], list) and isinstance(entries[0][0], list):
+            entries = entries[0]
+        return list(entries)
+    return list(reply[0][1])
 
 
 def _parse_entries(rows: Any) -> list[StoredEvent]:
