@@ -66,10 +66,12 @@ class _Item:
 
     __slots__ = ("done", "error", "events", "lead", "result", "size", "transition", "wakeup")
 
-    def __init__(self, events: list[tuple[str, bytes]], transition: Transition | None) -> None:
+    def __init__(
+        self, events: list[tuple[str, bytes]], transition: Transition | None, *, size: int
+    ) -> None:
         self.events = events
         self.transition = transition
-        self.size = sum(len(data) for _, data in events)
+        self.size = size  # an upper bound of the event bytes these events will become
         self.done = False
         self.lead = False  # set when the previous leader hands flushing over to this caller
         self.wakeup: anyio.Event | None = None
@@ -134,7 +136,8 @@ class EventWriter:
             Fenced / TaskTerminal / TaskNotFound: the log refused the batch.
             StoreUnavailable: Redis failed mid-append; the outcome is unknown.
         """
-        (stored,) = await self._submit(_Item([self._prepare(kind, data)], None))
+        prepared = [self._prepare(kind, data)]
+        (stored,) = await self._submit(_Item(prepared, None, size=self._size(prepared)))
         return stored
 
     async def emit_many(
@@ -144,8 +147,9 @@ class EventWriter:
         if not events:
             return []
         prepared = [self._prepare(kind, data) for kind, data in events]
-        self._check_group(prepared)
-        return await self._submit(_Item(prepared, None))
+        size = self._size(prepared)
+        self._check_group(prepared, size)
+        return await self._submit(_Item(prepared, None, size=size))
 
     async def transition(
         self,
@@ -175,7 +179,8 @@ class EventWriter:
             fields=dict(fields or {}),
             lease_expired_before=lease_expired_before,
         )
-        item = _Item([self._prepare(kind, data, reserved_ok=True)], move)
+        prepared = [self._prepare(kind, data, reserved_ok=True)]
+        item = _Item(prepared, move, size=self._size(prepared))
         (stored,) = await self._submit(item)
         return stored
 
@@ -226,7 +231,12 @@ class EventWriter:
             )
         return kind, encoded
 
-    def _check_group(self, prepared: list[tuple[str, bytes]]) -> None:
+    def _size(self, prepared: list[tuple[str, bytes]]) -> int:
+        """Upper bound of the event bytes ``prepared`` becomes: data plus the widest envelope."""
+        widest = self._settings.max_event_bytes
+        return sum(widest - self._limits[kind] + len(data) for kind, data in prepared)
+
+    def _check_group(self, prepared: list[tuple[str, bytes]], size: int) -> None:
         settings = self._settings
         if len(prepared) > settings.max_batch_events:
             raise InvalidEvent(
@@ -234,10 +244,12 @@ class EventWriter:
                 f"{settings.max_batch_events}",
                 limit=settings.max_batch_events,
             )
-        if sum(len(data) for _, data in prepared) > settings.max_batch_bytes // 2:
+        if size > settings.max_batch_bytes:
             raise EventTooLarge(
-                f"an atomic group may carry at most {settings.max_batch_bytes // 2} bytes of data",
-                limit=settings.max_batch_bytes // 2,
+                f"an atomic group of {len(prepared)} events would be up to {size} bytes; "
+                f"one append carries at most {settings.max_batch_bytes} (max_batch_bytes)",
+                size=size,
+                limit=settings.max_batch_bytes,
             )
 
     async def _submit(self, item: _Item) -> list[StoredEvent]:
@@ -295,7 +307,7 @@ class EventWriter:
             if batch and (
                 item.transition is not None
                 or count + len(item.events) > settings.max_batch_events
-                or size + item.size > settings.max_batch_bytes // 2
+                or size + item.size > settings.max_batch_bytes
             ):
                 break
             batch.append(self._pending.popleft())

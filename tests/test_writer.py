@@ -373,3 +373,21 @@ async def test_redis_refusal_fails_the_batch_without_hanging(
         await writer.emit("after")  # the writer recovers once Redis accepts writes again
         kinds = [decode_event(r).kind for r in await chain_of(store, record.id)]
         assert kinds == ["queued", "before", "after"]
+
+
+async def test_batches_respect_max_batch_bytes(make_settings: Callable[..., Settings]) -> None:
+    """Coalesced emits are split so no script call exceeds max_batch_bytes; big groups refuse."""
+    settings = make_settings(max_event_bytes=1024, max_batch_bytes=4096)
+    async with open_store(settings) as store:
+        record = await store.create_task(SPEC)
+        writer = EventWriter(store, record.id, epoch=0)
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(writer.emit, "step", {"p": "x" * 700, "i": i})
+        raws = await chain_of(store, record.id)
+        assert len(raws) == 21
+        # ~800-byte events, bounded at 1024 each: at most 4 per 4096-byte call.
+        assert writer.statistics().batches >= 5
+        with pytest.raises(EventTooLarge, match="max_batch_bytes"):
+            await writer.emit_many([("step", {"p": "x" * 700}) for _ in range(5)])
+        assert len(await chain_of(store, record.id)) == 21
