@@ -32,6 +32,7 @@ from axon.errors import (
     AppendRejected,
     InvalidArgument,
     InvalidTaskSpec,
+    StaleHead,
     TaskNotFound,
     TaskTerminal,
 )
@@ -190,6 +191,7 @@ class Queue:
         Raises:
             TaskNotFound: no such task.
             TaskTerminal: the task already finished (``details["state"]`` says how).
+            StaleHead: the task kept changing under the call (a conflict; retry).
         """
         check_task_id(task_id)
         for _ in range(8):
@@ -215,7 +217,10 @@ class Queue:
                 [task_id, f"{record.lane}|{task_id}"],
             )
             return TaskState.CANCELED
-        raise TaskNotFound(f"task {task_id} kept changing state; try again", task_id=task_id)
+        raise StaleHead(
+            f"task {task_id} kept changing state while being cancelled; try again",
+            task_id=task_id,
+        )
 
     # -- dead letters ---------------------------------------------------------------
 

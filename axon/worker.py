@@ -78,11 +78,10 @@ class WorkerStatistics(msgspec.Struct, frozen=True, kw_only=True):
 class _Run:
     """One running task in this worker."""
 
-    __slots__ = ("ctx", "lane", "record", "scope", "stop_reason", "writer")
+    __slots__ = ("ctx", "record", "scope", "stop_reason", "writer")
 
     def __init__(self, record: TaskRecord, writer: EventWriter, ctx: RunContext) -> None:
         self.record = record
-        self.lane = record.lane
         self.writer = writer
         self.ctx = ctx
         self.scope = anyio.CancelScope()
@@ -315,7 +314,7 @@ class Worker:
                         new_epoch=writer.epoch + 1,
                         fields={**fields, "lease_owner": "", "lease_deadline_ms": ""},
                     )
-                    await self.queue.requeue(task_id, run.lane, front=True)
+                    await self.queue.requeue(task_id, run.record.lane, front=True)
                     self._counts["handed_back"] += 1
                     return
                 else:
@@ -354,7 +353,7 @@ class Worker:
                 new_epoch=writer.epoch + 1,
                 fields={**fields, "lease_owner": "", "lease_deadline_ms": ""},
             )
-            await self.queue.schedule_retry(task_id, run.lane, due_ms=due)
+            await self.queue.schedule_retry(task_id, run.record.lane, due_ms=due)
             self._counts["retried"] += 1
             return
         data = {**outcome.data, "attempts": attempt}
