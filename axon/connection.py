@@ -13,7 +13,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import BlockingConnectionPool, Connection
 from redis.connection import HiredisRespSerializer
 
 from axon.errors import ConfigError
@@ -57,11 +57,21 @@ def connect(settings: Settings, *, url: str | None = None, blocking: bool = Fals
     timeout = None if blocking else COMMAND_TIMEOUT_S
     client: RedisClient
     if settings.redis_cluster:
-        client = RedisCluster.from_url(target, socket_timeout=timeout)
-    elif target.lower().startswith("redis://"):
-        client = Redis.from_url(target, socket_timeout=timeout, connection_class=HiredisConnection)
+        client = RedisCluster.from_url(
+            target, socket_timeout=timeout, max_connections=settings.redis_max_connections
+        )
     else:
-        client = Redis.from_url(target, socket_timeout=timeout)
+        # A bounded pool that waits for a free connection: a burst of requests
+        # (a thousand SSE clients attaching at once) queues for a moment instead
+        # of failing with "Too many connections".
+        options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "max_connections": settings.redis_max_connections,
+            "timeout": COMMAND_TIMEOUT_S,
+        }
+        if target.lower().startswith("redis://"):
+            options["connection_class"] = HiredisConnection
+        client = Redis.from_pool(BlockingConnectionPool.from_url(target, **options))
     # Stream replies stay raw ([id, [field, value]]): redis-py's callbacks would build
     # a dict per entry only for the store to take it apart again (see Store.read).
     for command in ("XRANGE", "XREAD"):

@@ -144,3 +144,45 @@ class StoreUnavailable(AxonError):
     """Raised when Redis cannot be reached or answers with an unexpected error."""
 
     code = "store_unavailable"
+
+
+class InvalidCursor(AxonError):
+    """Raised when a cursor (``Last-Event-ID``, ``since_seq``, a page cursor) is malformed."""
+
+    code = "invalid_cursor"
+
+
+class CursorAhead(AxonError):
+    """Raised when a resume cursor is beyond the task's head: those events do not exist."""
+
+    code = "cursor_ahead"
+
+
+class Unauthenticated(AxonError):
+    """Raised when a request has no API key, or a malformed, unknown or revoked one."""
+
+    code = "unauthenticated"
+
+
+class PermissionDenied(AxonError):
+    """Raised when a valid key's role does not allow the operation (a reader starting a task)."""
+
+    code = "permission_denied"
+
+
+class KeyNotFound(AxonError):
+    """Raised when an API key id names no key."""
+
+    code = "key_not_found"
+
+
+class IdempotencyConflict(AxonError):
+    """Raised when an ``Idempotency-Key`` is reused with a different request body."""
+
+    code = "idempotency_conflict"
+
+
+class RequestTooLarge(AxonError):
+    """Raised when a request body is larger than ``Settings.max_body_bytes``."""
+
+    code = "request_too_large"

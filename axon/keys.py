@@ -89,3 +89,29 @@ class KeySpace:
     def cancel_channel(self) -> str:
         """Pub/Sub channel carrying the ids of tasks whose cancellation was requested."""
         return f"{self.prefix}:cancel"
+
+    def tail_channel(self, task_id: str) -> str:
+        """Pub/Sub channel the append script notifies with the task's new head seq.
+
+        The append script derives it from the task key (``...:task`` -> ``...:tail``),
+        so the two formats must stay in step.
+        """
+        return f"{self.prefix}:{{{task_id}}}:tail"
+
+    # -- tenants and API keys: small keys outside any task's slot --
+
+    def tenant_tasks(self, tenant: str) -> str:
+        """Sorted set of a tenant's task ids (score 0, ids sort by creation time)."""
+        return f"{self.prefix}:tenant:{{{tenant}}}:tasks"
+
+    def idempotency(self, tenant: str, key_digest: str) -> str:
+        """String: body digest and task id of an ``Idempotency-Key`` (by its SHA-256)."""
+        return f"{self.prefix}:tenant:{{{tenant}}}:idem:{key_digest}"
+
+    def api_key(self, key_id: str) -> str:
+        """Hash of one API key: tenant, role, SHA-256 of the secret, timestamps."""
+        return f"{self.prefix}:apikey:{key_id}"
+
+    def api_keys(self) -> str:
+        """Set of every API key id."""
+        return f"{self.prefix}:apikeys"

@@ -49,6 +49,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             may take to end gracefully before it is killed, per reason.
         shell_sandbox: ``required`` (refuse without bubblewrap), ``auto`` (sandbox
             when available) or ``off``.
+        redis_max_connections: connections per pool (each process has a command pool
+            and a blocking pool, per node on a cluster); a request that finds them
+            all busy waits for one.
+        api_host / api_port: where ``axon serve`` listens.
+        max_body_bytes: largest request body the API accepts (413 beyond).
+        sse_keepalive_s: idle time after which an SSE stream sends a keep-alive comment.
+        sse_retry_ms: the ``retry:`` hint SSE clients get for reconnecting.
+        sse_send_timeout_s: a client that accepts no bytes for this long is disconnected.
+        tail_buffer_events: recent events kept per watched task for live subscribers;
+            a subscriber further behind than this is told it lagged and disconnected.
+        tail_heal_interval_s: how often live tails re-read Redis in case a
+            notification was lost.
+        api_key_cache_s: how long a verified API key is trusted without asking Redis
+            (a revocation reaches other API processes within this time).
+        idempotency_ttl_s: how long an ``Idempotency-Key`` is remembered.
     """
 
     redis_url: str | None = None
@@ -71,6 +86,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     timeout_grace_s: float = 5.0
     shutdown_grace_s: float = 10.0
     shell_sandbox: SandboxMode = "required"
+    redis_max_connections: int = 64
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    max_body_bytes: int = 1 << 20
+    sse_keepalive_s: float = 15.0
+    sse_retry_ms: int = 2000
+    sse_send_timeout_s: float = 30.0
+    tail_buffer_events: int = 1024
+    tail_heal_interval_s: float = 10.0
+    api_key_cache_s: float = 5.0
+    idempotency_ttl_s: int = 86_400
 
     def __post_init__(self) -> None:
         if not self.key_prefix or any(c in self.key_prefix for c in "{} \n"):
@@ -105,6 +131,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 raise ConfigError(f"{name} must be positive")
         if self.shell_sandbox not in ("required", "auto", "off"):
             raise ConfigError("shell_sandbox must be 'required', 'auto' or 'off'")
+        if not 0 <= self.api_port <= 65535:
+            raise ConfigError("api_port must be between 0 and 65535")
+        for name in (
+            "redis_max_connections",
+            "max_body_bytes",
+            "sse_retry_ms",
+            "tail_buffer_events",
+            "idempotency_ttl_s",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        for name in ("sse_keepalive_s", "sse_send_timeout_s", "tail_heal_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.api_key_cache_s < 0:
+            raise ConfigError("api_key_cache_s must be >= 0 (0 disables the cache)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -174,4 +216,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             shell_sandbox=choice(  # type: ignore[arg-type]
                 "AXON_SHELL_SANDBOX", "required", ("required", "auto", "off")
             ),
+            redis_max_connections=integer("AXON_REDIS_MAX_CONNECTIONS", 64),
+            api_host=env.get("AXON_API_HOST") or "127.0.0.1",
+            api_port=integer("AXON_API_PORT", 8000),
+            max_body_bytes=integer("AXON_MAX_BODY_BYTES", 1 << 20),
+            sse_keepalive_s=number("AXON_SSE_KEEPALIVE_S", 15.0),
+            sse_retry_ms=integer("AXON_SSE_RETRY_MS", 2000),
+            sse_send_timeout_s=number("AXON_SSE_SEND_TIMEOUT_S", 30.0),
+            tail_buffer_events=integer("AXON_TAIL_BUFFER_EVENTS", 1024),
+            tail_heal_interval_s=number("AXON_TAIL_HEAL_INTERVAL_S", 10.0),
+            api_key_cache_s=number("AXON_API_KEY_CACHE_S", 5.0),
+            idempotency_ttl_s=integer("AXON_IDEMPOTENCY_TTL_S", 86_400),
         )

@@ -335,26 +335,34 @@ class Store:
         check_task_id(task_id)
         if after_seq < 0 or limit < 1:
             raise ValueError("after_seq must be >= 0 and limit >= 1")
-        rows = await self.call(
-            self.redis.xrange(self.keys.events(task_id), min=f"{after_seq + 1}-0", count=limit)
+        key = self.keys.events(task_id)
+        events = parse_entries(
+            await self.call(self.redis.xrange(key, min=f"{after_seq + 1}-0", count=limit))
         )
-        events = _parse_entries(rows)
-        if events and events[0].seq != after_seq + 1:
-            raise EventsUnavailable(
-                f"events {after_seq + 1}..{events[0].seq - 1} of task {task_id} are not in Redis",
-                task_id=task_id,
-                after_seq=after_seq,
-                first_available=events[0].seq,
-            )
         if not events:
+            # Caught up, or was everything after the cursor trimmed? The head says;
+            # but an append may land between the two reads, so read the range again
+            # once the head is known: events up to that head exist unless trimmed.
             head = await self.head(task_id)
-            if head.seq > after_seq:
+            if head.seq <= after_seq:
+                return []
+            events = parse_entries(
+                await self.call(self.redis.xrange(key, min=f"{after_seq + 1}-0", count=limit))
+            )
+            if not events:
                 raise EventsUnavailable(
                     f"events after seq {after_seq} of task {task_id} are not in Redis",
                     task_id=task_id,
                     after_seq=after_seq,
                     head_seq=head.seq,
                 )
+        if events[0].seq != after_seq + 1:
+            raise EventsUnavailable(
+                f"events {after_seq + 1}..{events[0].seq - 1} of task {task_id} are not in Redis",
+                task_id=task_id,
+                after_seq=after_seq,
+                first_available=events[0].seq,
+            )
         return events
 
     async def iter_events(
@@ -383,7 +391,7 @@ class Store:
         reply = await self.call(
             self.blocking.xread({key: f"{after_seq}-0"}, count=limit, block=max(timeout_ms, 1))
         )
-        return _parse_entries(xread_entries(reply))
+        return parse_entries(xread_entries(reply))
 
     # -- server -------------------------------------------------------------
 
@@ -403,6 +411,16 @@ class Store:
             aof_enabled=bool(int(persistence.get("aof_enabled", 0))),
             waitaof=server == "valkey" or parts >= (7, 2),
         )
+
+    async def load_scripts(self) -> None:
+        """Load every Lua script into the script cache (every primary of a cluster).
+
+        Scripts also load themselves on first use; doing it up front makes a
+        server that refuses scripts (ACLs, a replica) fail readiness instead of
+        the first request.
+        """
+        for script in lua.ALL:
+            await self.call(self.redis.script_load(script.source))
 
     # -- plumbing -----------------------------------------------------------
 
@@ -519,7 +537,7 @@ def xread_entries(reply: Any) -> list[Any]:
     return list(reply[0][1])
 
 
-def _parse_entries(rows: Any) -> list[StoredEvent]:
+def parse_entries(rows: Any) -> list[StoredEvent]:
     """Stream entries to events; takes raw replies (``[id, [b"e", bytes]]``, as our
     own clients return them) and redis-py's parsed ones (``(id, {b"e": bytes})``)."""
     if not rows:

