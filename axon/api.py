@@ -68,12 +68,10 @@ class Services:
             store,
             buffer_events=settings.tail_buffer_events,
             heal_interval_s=settings.tail_heal_interval_s,
-        )
-        self.stream_options = StreamOptions(
             keepalive_s=settings.sse_keepalive_s,
-            retry_ms=settings.sse_retry_ms,
             send_timeout_s=settings.sse_send_timeout_s,
         )
+        self.stream_options = StreamOptions(retry_ms=settings.sse_retry_ms)
 
 
 class _LateKeys:

@@ -31,6 +31,8 @@ from axon.store import Store
 from axon.worker import Worker
 
 COMMANDS = frozenset({"serve", "dev"})
+_LOOP = {"use_uvloop": True}
+"""uvloop where installed (anyio falls back to asyncio's loop otherwise)."""
 DEV_TENANT = "dev"
 
 
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         if settings.redis_url is None:
             raise ConfigError("set REDIS_URL to the Redis to serve (or run `axon dev`)")
-        return anyio.run(_serve, settings)
+        return anyio.run(_serve, settings, backend_options=_LOOP)
     return _dev(settings, args.data_dir)
 
 
@@ -187,7 +189,7 @@ def _dev(settings: Settings, data_dir: Path) -> int:
             settings = msgspec.structs.replace(settings, redis_url=valkey.url)
         else:
             print(f"Using REDIS_URL={settings.redis_url}.", flush=True)
-        return anyio.run(_dev_stack, settings, data_dir)
+        return anyio.run(_dev_stack, settings, data_dir, backend_options=_LOOP)
     except KeyboardInterrupt:
         return 0
     except AxonError as exc:

@@ -187,6 +187,19 @@ def kind_of(raw: bytes) -> str:
     return _kind_names.get(raw[start:end]) or _kind_name(raw[start:end])
 
 
+def kind_bytes_of(raw: bytes) -> bytes:
+    """The ``kind`` of stored event bytes, as bytes (SSE frames need no decoding).
+
+    Raises:
+        InvalidEvent: the bytes do not have the writer's layout.
+    """
+    start = raw.find(_KIND_MARK) + _KIND_SKIP
+    end = raw.find(b'"', start)
+    if start < _KIND_SKIP or end < 0:
+        raise InvalidEvent("event bytes have no kind field where the writer puts it")
+    return raw[start:end]
+
+
 _KIND_SKIP = len(_KIND_MARK)
 _kind_names: dict[bytes, str] = {}
 

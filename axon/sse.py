@@ -20,16 +20,16 @@ the other, so a vanished client never leaves a task behind.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from typing import Any
 
 import anyio
 import msgspec
 from starlette.types import Receive, Scope, Send
 
 from axon.errors import AxonError, EventsUnavailable, TaskNotFound
-from axon.events import TERMINAL_KINDS
-from axon.store import Store, StoredEvent
-from axon.tailer import Tailer, TaskTail
+from axon.store import Store
+from axon.tailer import Tailer, TaskTail, frame_of
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -42,27 +42,25 @@ KEEPALIVE = b": keep-alive\n\n"
 
 
 class StreamOptions(msgspec.Struct, frozen=True, kw_only=True):
-    """How one SSE response behaves (from ``Settings``)."""
+    """How one SSE response behaves (from ``Settings``); keep-alive and send timeout
+    are the ``Tailer``'s, since its ticker drives them."""
 
-    keepalive_s: float = 15.0
     retry_ms: int = 2000
-    send_timeout_s: float = 30.0
     page: int = 1000
 
 
-def event_frames(events: Iterable[StoredEvent]) -> tuple[bytes, int, bool]:
-    """Frames for ``events``: their bytes, the last seq, and whether one was terminal."""
+def frames_of(after_seq: int, raws: list[bytes]) -> tuple[bytes, int, bool]:
+    """Frames for the events ``after_seq + 1 ..`` with bytes ``raws``: the frame bytes,
+    the last seq sent and whether a terminal event ended them."""
     parts: list[bytes] = []
-    last = 0
-    terminal = False
-    for event in events:
-        kind = event.kind
-        parts.append(b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, kind.encode(), event.raw))
-        last = event.seq
-        if kind in TERMINAL_KINDS:
-            terminal = True
-            break
-    return b"".join(parts), last, terminal
+    seq = after_seq
+    for raw in raws:
+        seq += 1
+        frame, terminal = frame_of(seq, raw)
+        parts.append(frame)
+        if terminal:
+            return b"".join(parts), seq, True
+    return b"".join(parts), seq, False
 
 
 _control = msgspec.json.Encoder()
@@ -93,11 +91,20 @@ class EventStream:
         self.cursor = cursor
         self.finished = finished
         self.options = options
+        self.sending_since: float | None = None
+        self._last_sent = 0.0
+        self._scope: anyio.CancelScope | None = None
+
+    def abort(self) -> None:
+        """Stop this stream (the tailer's ticker calls it when a send is stuck)."""
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         complete = False
         async with anyio.create_task_group() as group:
+            self._scope = group.cancel_scope
 
             async def watch_disconnect() -> None:
                 while (await receive())["type"] != "http.disconnect":
@@ -108,15 +115,22 @@ class EventStream:
             try:
                 await self._stream(send)
                 complete = True
-            except (OSError, anyio.BrokenResourceError, TimeoutError):
-                pass  # the client is gone or stuck: nothing more to say to it
+            except (OSError, anyio.BrokenResourceError):
+                pass  # the client is gone: nothing more to say to it
+            finally:
+                self.tailer.sending.discard(self)
             group.cancel_scope.cancel()
         if complete:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send(self, send: Send, body: bytes) -> None:
-        with anyio.fail_after(self.options.send_timeout_s):
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+        # No timer per send: the tailer's ticker aborts sends stuck past the timeout.
+        self.sending_since = time.monotonic()
+        self.tailer.sending.add(self)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        self.tailer.sending.discard(self)
+        self._last_sent = self.sending_since
+        self.sending_since = None
 
     async def _stream(self, send: Send) -> None:
         options = self.options
@@ -130,16 +144,14 @@ class EventStream:
                 if self.tailer.closing:
                     await self._send(send, _reconnect(cursor))
                     return
-                batch = tail.after(cursor, options.page)
-                if batch is None:
+                frames = tail.after(cursor, options.page)
+                if frames is None:
                     if live:
                         self.tailer.note_lagged()
                         await self._send(send, _lagged(cursor, tail))
                         return
                     try:
-                        batch = await self.store.read(
-                            self.task_id, after_seq=cursor, limit=options.page
-                        )
+                        cursor, done = await self._backfill(send, tail, cursor)
                     except (EventsUnavailable, TaskNotFound) as exc:
                         await self._send(
                             send,
@@ -147,22 +159,65 @@ class EventStream:
                         )
                         return
                     except AxonError:
-                        # Redis is unreachable for now: wait, keep the client alive, retry.
+                        # Redis is unreachable for now: keep the client alive and retry.
                         await self._idle(send, tail)
                         continue
-                else:
-                    live = True
-                if batch:
-                    body, cursor, terminal = event_frames(batch)
-                    await self._send(send, body)
-                    if terminal:
+                    if done:
+                        return
+                    continue
+                live = True
+                if frames:
+                    await self._send(send, b"".join(frames))
+                    cursor += len(frames)
+                    if tail.terminal_seq is not None and cursor >= tail.terminal_seq:
                         return
                     continue
                 await self._idle(send, tail)
 
+    async def _backfill(self, send: Send, tail: TaskTail, cursor: int) -> tuple[int, bool]:
+        """Send events from Redis after ``cursor`` until the shared buffer can take over
+        (or Redis has no more); returns the new cursor and whether the stream ended.
+
+        Each page is sent while the next one is read, so Redis and the socket work
+        at the same time.
+        """
+        page = self.options.page
+        start = cursor
+        body, cursor, terminal = await self.store.read_frames(
+            self.task_id, after_seq=start, limit=page
+        )
+        if cursor == start:
+            await self._idle(send, tail)
+            return cursor, False
+        while True:
+            buffered = tail.head is not None and cursor >= tail.base
+            if terminal or cursor - start < page or buffered or self.tailer.closing:
+                await self._send(send, body)
+                return cursor, terminal
+            ahead: dict[str, Any] = {}
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._read_ahead, cursor, ahead)
+                await self._send(send, body)
+            if "error" in ahead:
+                raise ahead["error"]
+            start = cursor
+            body, cursor, terminal = ahead["page"]
+            if cursor == start:
+                return cursor, False
+
+    async def _read_ahead(self, after: int, into: dict[str, Any]) -> None:
+        try:
+            into["page"] = await self.store.read_frames(
+                self.task_id, after_seq=after, limit=self.options.page
+            )
+        except AxonError as exc:  # re-raised by the caller, not as an exception group
+            into["error"] = exc
+
     async def _idle(self, send: Send, tail: TaskTail) -> None:
-        if not await tail.wait_changed(self.options.keepalive_s):
+        """Send a keep-alive if nothing went out for half the interval, then wait."""
+        if time.monotonic() - self._last_sent >= self.tailer.keepalive_s / 2:
             await self._send(send, KEEPALIVE)
+        await tail.wait_changed()
 
 
 def _reconnect(cursor: int) -> bytes:

@@ -25,9 +25,10 @@ all tails in case a notification was dropped in between (``heal_interval_s``).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -38,6 +39,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from axon.errors import AxonError
+from axon.events import TERMINAL_KINDS, kind_bytes_of
 from axon.keys import check_task_id
 from axon.store import Store, StoredEvent, parse_entries
 
@@ -53,18 +55,29 @@ class TailerStatistics(msgspec.Struct, frozen=True, kw_only=True):
     fetched_events: int
     reconnects: int
     lagged: int
+    aborted: int
+
+
+TERMINAL_KIND_BYTES = frozenset(kind.encode() for kind in TERMINAL_KINDS)
+
+
+def frame_of(seq: int, raw: bytes) -> tuple[bytes, bool]:
+    """The SSE frame of one event (contract 2), and whether the event is terminal."""
+    kind = kind_bytes_of(raw)
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, kind, raw), kind in TERMINAL_KIND_BYTES
 
 
 class TaskTail:
     """The live view of one task's log that all local subscribers share.
 
-    ``events`` holds the events ``base + 1 .. head`` in order (at most about
-    twice ``capacity``); ``head`` is ``None`` until the first read after the
-    subscription was confirmed.
+    ``frames`` holds the SSE frames of events ``base + 1 .. head`` in order (at
+    most about twice ``capacity``), built once however many subscribers send
+    them. ``head`` is ``None`` until the first read after the subscription was
+    confirmed; ``terminal_seq`` is the seq of the terminal event once seen.
     """
 
-    __slots__ = ("_changed", "base", "capacity", "channel", "dirty", "events", "head", "task_id",
-                 "watchers")  # fmt: skip
+    __slots__ = ("_changed", "base", "capacity", "channel", "dirty", "frames", "head",
+                 "task_id", "terminal_seq", "watchers")  # fmt: skip
 
     def __init__(self, task_id: str, channel: str, capacity: int) -> None:
         self.task_id = task_id
@@ -72,13 +85,14 @@ class TaskTail:
         self.capacity = capacity
         self.base = 0
         self.head: int | None = None
-        self.events: list[StoredEvent] = []
+        self.frames: list[bytes] = []
+        self.terminal_seq: int | None = None
         self.watchers = 0
         self.dirty = False
         self._changed = anyio.Event()
 
-    def after(self, cursor: int, limit: int) -> list[StoredEvent] | None:
-        """Buffered events with seq > ``cursor`` (at most ``limit``).
+    def after(self, cursor: int, limit: int) -> list[bytes] | None:
+        """Frames of buffered events with seq > ``cursor`` (at most ``limit``).
 
         Returns ``None`` when the buffer cannot tell: the tail has not read its
         head yet, or ``cursor`` is older than the oldest buffered event (the
@@ -87,15 +101,12 @@ class TaskTail:
         if self.head is None or cursor < self.base:
             return None
         start = cursor - self.base
-        return self.events[start : start + limit]
+        return self.frames[start : start + limit]
 
-    async def wait_changed(self, timeout_s: float) -> bool:
-        """Wait until new events are buffered (or the tailer closes); False on timeout."""
-        changed = self._changed
-        with anyio.move_on_after(timeout_s):
-            await changed.wait()
-            return True
-        return False
+    async def wait_changed(self) -> None:
+        """Wait until new events are buffered, the keep-alive ticker ticks, or the
+        tailer closes (no timer of its own: one ticker serves every waiter)."""
+        await self._changed.wait()
 
     def wake(self) -> None:
         """Release everyone waiting in ``wait_changed``."""
@@ -106,18 +117,34 @@ class TaskTail:
         """Add events read from Redis after the current head; keep the buffer bounded."""
         if not events:
             return
+        frames = []
+        for event in events:
+            frame, terminal = frame_of(event.seq, event.raw)
+            frames.append(frame)
+            if terminal:
+                self.terminal_seq = event.seq
         if self.head is None or events[0].seq != self.head + 1:
             # The first read, or events before these were trimmed: restart the buffer.
             self.base = events[0].seq - 1
-            self.events = list(events)
+            self.frames = frames
         else:
-            self.events.extend(events)
+            self.frames.extend(frames)
         self.head = events[-1].seq
-        if len(self.events) > 2 * self.capacity:
-            drop = len(self.events) - self.capacity
-            del self.events[:drop]
+        if len(self.frames) > 2 * self.capacity:
+            drop = len(self.frames) - self.capacity
+            del self.frames[:drop]
             self.base += drop
         self.wake()
+
+
+class Sender(Protocol):
+    """What the ticker needs of a stream: when its current send began, and how to stop it."""
+
+    sending_since: float | None
+
+    def abort(self) -> None:
+        """Stop the stream: its client accepted no bytes for too long."""
+        ...
 
 
 class Tailer:
@@ -131,6 +158,10 @@ class Tailer:
             a subscriber that falls further behind than this is lagging.
         page: most events one range read fetches.
         heal_interval_s: how often every tail is re-read in case a notification was lost.
+        keepalive_s: subscribers send a keep-alive comment when idle about this long;
+            one ticker wakes every tail twice per interval (no timer per subscriber).
+        send_timeout_s: a stream whose send has not finished after this long is
+            aborted (its client stopped reading or vanished).
     """
 
     def __init__(
@@ -140,10 +171,15 @@ class Tailer:
         buffer_events: int = 1024,
         page: int = 1000,
         heal_interval_s: float = 10.0,
+        keepalive_s: float = 15.0,
+        send_timeout_s: float = 30.0,
     ) -> None:
-        if buffer_events < 1 or page < 1 or heal_interval_s <= 0:
-            raise ValueError("buffer_events and page must be >= 1, heal_interval_s > 0")
+        if buffer_events < 1 or page < 1 or min(heal_interval_s, keepalive_s, send_timeout_s) <= 0:
+            raise ValueError("buffer_events and page must be >= 1, intervals > 0")
         self.store = store
+        self.keepalive_s = keepalive_s
+        self.send_timeout_s = send_timeout_s
+        self.sending: set[Sender] = set()
         self.buffer_events = buffer_events
         self.page = page
         self.heal_interval_s = heal_interval_s
@@ -161,6 +197,7 @@ class Tailer:
         self._fetched_events = 0
         self._reconnects = 0
         self._lagged = 0
+        self._aborted = 0
 
     # -- for subscribers ----------------------------------------------------
 
@@ -204,12 +241,13 @@ class Tailer:
         return TailerStatistics(
             tails=len(self._tails),
             subscribers=sum(t.watchers for t in self._tails.values()),
-            buffered_events=sum(len(t.events) for t in self._tails.values()),
+            buffered_events=sum(len(t.frames) for t in self._tails.values()),
             notifications=self._notifications,
             fetches=self._fetches,
             fetched_events=self._fetched_events,
             reconnects=self._reconnects,
             lagged=self._lagged,
+            aborted=self._aborted,
         )
 
     def close(self) -> None:
@@ -231,6 +269,7 @@ class Tailer:
                 await group.start(self._subscription_loop)
                 group.start_soon(self._fetch_loop)
                 group.start_soon(self._heal_loop)
+                group.start_soon(self._tick_loop)
                 task_status.started()
         finally:
             self._running = False
@@ -287,6 +326,24 @@ class Tailer:
             await anyio.sleep(self.heal_interval_s)
             for tail in list(self._tails.values()):
                 self._mark_dirty(tail)
+
+    async def _tick_loop(self) -> None:
+        """Abort stuck sends (checked every second) and wake idle subscribers for their
+        keep-alives (twice per keep-alive interval)."""
+        step = min(1.0, self.keepalive_s / 2)
+        next_wake = time.monotonic() + self.keepalive_s / 2
+        while True:
+            await anyio.sleep(step)
+            now = time.monotonic()
+            limit = now - self.send_timeout_s
+            for sender in [s for s in self.sending if (s.sending_since or now) < limit]:
+                self.sending.discard(sender)
+                self._aborted += 1
+                sender.abort()
+            if now >= next_wake:
+                next_wake = now + self.keepalive_s / 2
+                for tail in list(self._tails.values()):
+                    tail.wake()
 
     async def _subscription_loop(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         started = False

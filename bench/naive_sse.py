@@ -150,7 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(
         redis_url=os.environ["REDIS_URL"], key_prefix=os.environ.get("AXON_KEY_PREFIX", "axon")
     )
-    asyncio.run(serve(settings, args.host, args.port))
+    # The same stack as `axon serve`: uvloop when installed, httptools picked by uvicorn.
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(settings, args.host, args.port))
+    else:
+        uvloop.run(serve(settings, args.host, args.port))
     return 0
 
 

@@ -1193,7 +1193,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Server {machine['server']} {machine['server_version']} ({where}, maxclients "
         f"{machine['valkey_maxclients']:,}); Python {machine['python']}; {machine['cpu_count']} "
-        f"CPUs; uvicorn {machine['uvicorn']} (h11); open-file limit "
+        f"CPUs; uvicorn {machine['uvicorn']} (httptools, uvloop); open-file limit "
         f"{machine['open_file_limit']:,}; "
         f"events of ~{plan['payload']} B; {plan['workers']} load-client processes; "
         f"{'quick' if report['quick'] else 'default'} run, {report['duration_s']:.0f} s; "
