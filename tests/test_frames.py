@@ -20,7 +20,7 @@ async def test_script_frames_equal_python_frames(store: Store) -> None:
     record = await Queue(store).submit(TaskSpec(tenant="acme", adapter="mock"))
     writer = EventWriter(store, record.id, epoch=0)
     for i in range(30):
-        await writer.emit("step", {"i": i, "text": "é\u2028𝄞\n\"", "big": "x" * (i * 500)})
+        await writer.emit("step", {"i": i, "text": 'é\u2028𝄞\n"', "big": "x" * (i * 500)})
     await writer.transition(TaskState.CANCELED, "canceled")
     for after, limit in [(0, 1000), (0, 7), (5, 10), (25, 100), (31, 5)]:
         frames, last, terminal = await store.read_frames(record.id, after_seq=after, limit=limit)
