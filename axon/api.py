@@ -112,13 +112,12 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/v1/tasks", create_task, methods=["POST"]),
-        Route("/v1/tasks", list_tasks, methods=["GET"]),
+        Route("/v1/tasks", tasks, methods=["GET", "POST"]),
         Route("/v1/tasks/{task_id}", get_task, methods=["GET"]),
         Route("/v1/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
         Route("/v1/tasks/{task_id}/events", task_events, methods=["GET"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
@@ -131,6 +130,9 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # "/v1/tasks/" is a 404 in our error body, not a redirect that would resend the key.
+    app.router.redirect_slashes = False
+    return app
 
 
 @asynccontextmanager
@@ -165,11 +167,19 @@ async def openapi(request: Request) -> Response:
     return Response(openapi_document(), media_type="application/json")
 
 
+async def tasks(request: Request) -> Response:
+    """``/v1/tasks``: one route for both methods, so a 405 lists both in ``Allow``."""
+    if request.method == "POST":
+        return await create_task(request)
+    return await list_tasks(request)
+
+
 async def create_task(request: Request) -> Response:
     """``POST /v1/tasks``: create and enqueue a task (201); replays of an
     ``Idempotency-Key`` return the first task (200)."""
     principal = _principal(request, Role.WRITER)
     services = _services(request)
+    _only(request.query_params.keys(), set())
     content_type = request.headers.get("content-type", "application/json")
     if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
         raise _HttpError(415, "unsupported_media_type", "send the body as application/json")
@@ -224,6 +234,7 @@ async def list_tasks(request: Request) -> Response:
 async def get_task(request: Request) -> Response:
     """``GET /v1/tasks/{id}``: one task."""
     principal = _principal(request, Role.READER)
+    _only(request.query_params.keys(), set())
     record = await _services(request).catalog.get(principal.tenant, request.path_params["task_id"])
     return _json(Task.of(record))
 
@@ -231,6 +242,7 @@ async def get_task(request: Request) -> Response:
 async def cancel_task(request: Request) -> Response:
     """``POST /v1/tasks/{id}/cancel``: ask for cancellation (202; idempotent)."""
     principal = _principal(request, Role.WRITER)
+    _only(request.query_params.keys(), set())
     record = await _services(request).catalog.cancel(
         principal.tenant, request.path_params["task_id"]
     )
@@ -332,7 +344,7 @@ def _decode_create(body: bytes) -> CreateTask:
         match = _PATH.search(text)
         path = match.group(1) if match else "$"
         raise _HttpError(422, "validation_error", text, path=path) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise _HttpError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
 
 
@@ -377,9 +389,9 @@ def _int_param(raw: str | None, name: str, *, default: int, low: int, high: int)
 def _only(names: Any, allowed: set[str]) -> None:
     unknown = sorted(set(names) - allowed)
     if unknown:
+        accepted = f"allowed: {', '.join(sorted(allowed))}" if allowed else "this takes none"
         raise InvalidArgument(
-            f"unknown query parameter {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}",
-            parameter=unknown[0],
+            f"unknown query parameter {unknown[0][:64]!r}; {accepted}", parameter=unknown[0][:64]
         )
 
 

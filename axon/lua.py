@@ -68,10 +68,9 @@ REQUEUE = Script("requeue")
 SCHEDULE_RETRY = Script("schedule_retry")
 PROMOTE_DUE = Script("promote_due")
 UNQUEUE = Script("unqueue")
-SSE_FRAMES = Script("sse_frames")
 
 ALL = (
     CREATE, APPEND, CANCEL, HEARTBEAT, ENQUEUE, CLAIM_NEXT, REQUEUE, SCHEDULE_RETRY,
-    PROMOTE_DUE, UNQUEUE, SSE_FRAMES,
+    PROMOTE_DUE, UNQUEUE,
 )  # fmt: skip
 """Every script, for loading them ahead of use (``Store.load_scripts``)."""

@@ -183,8 +183,8 @@ class EventStream:
         """
         page = self.options.page
         start = cursor
-        body, cursor, terminal = await self.store.read_frames(
-            self.task_id, after_seq=start, limit=page
+        body, cursor, terminal = frames_of(
+            start, await self.store.read_raw(self.task_id, after_seq=start, limit=page)
         )
         if cursor == start:
             await self._idle(send, tail)
@@ -201,13 +201,13 @@ class EventStream:
             if "error" in ahead:
                 raise ahead["error"]
             start = cursor
-            body, cursor, terminal = ahead["page"]
+            body, cursor, terminal = frames_of(start, ahead["raws"])
             if cursor == start:
                 return cursor, False
 
     async def _read_ahead(self, after: int, into: dict[str, Any]) -> None:
         try:
-            into["page"] = await self.store.read_frames(
+            into["raws"] = await self.store.read_raw(
                 self.task_id, after_seq=after, limit=self.options.page
             )
         except AxonError as exc:  # re-raised by the caller, not as an exception group

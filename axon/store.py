@@ -385,35 +385,6 @@ class Store:
                 ]
         return [event.raw for event in await self.read(task_id, after_seq=after_seq, limit=limit)]
 
-    async def read_frames(
-        self, task_id: str, *, after_seq: int = 0, limit: int = 1000
-    ) -> tuple[bytes, int, bool]:
-        """Events after ``after_seq`` rendered as SSE frames by a script in Redis.
-
-        Returns the frames, the last seq they hold (``after_seq`` when none) and
-        whether they end with the terminal event. Same guarantees as ``read``:
-        contiguous from ``after_seq + 1``, or ``EventsUnavailable``.
-        """
-        check_task_id(task_id)
-        if after_seq < 0 or limit < 1:
-            raise ValueError("after_seq must be >= 0 and limit >= 1")
-        for _ in range(3):
-            first, last, count, terminal, frames = await self._run(
-                lua.SSE_FRAMES, [self.keys.events(task_id)], [after_seq + 1, limit]
-            )
-            if count and first == after_seq + 1 and last - first + 1 == count:
-                return bytes(frames), int(last), bool(terminal)
-            # Nothing there, or a gap: ``read`` tells caught-up from trimmed (and
-            # raises for trimmed). Events it finds appeared since the script ran:
-            # render them on the next turn.
-            if not await self.read(task_id, after_seq=after_seq, limit=1):
-                return b"", after_seq, False
-        raise EventsUnavailable(
-            f"events after seq {after_seq} of task {task_id} are not contiguous in Redis",
-            task_id=task_id,
-            after_seq=after_seq,
-        )
-
     async def iter_events(
         self, task_id: str, *, after_seq: int = 0, page_size: int = 1000
     ) -> AsyncIterator[StoredEvent]:
