@@ -159,7 +159,12 @@ async def readyz(request: Request) -> Response:
         await services.store.load_scripts()
     except AxonError as exc:
         return _json(Health(status="unavailable", checks={"redis": exc.message}), status=503)
-    return _json(Health(status="ok", checks={"redis": "ok", "scripts": "loaded"}))
+    if not services.tailer.connected:
+        checks = {"redis": "ok", "scripts": "loaded", "live_tail": "reconnecting"}
+        return _json(Health(status="unavailable", checks=checks), status=503)
+    return _json(
+        Health(status="ok", checks={"redis": "ok", "scripts": "loaded", "live_tail": "ok"})
+    )
 
 
 async def openapi(request: Request) -> Response:

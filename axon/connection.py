@@ -15,8 +15,9 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, Connection
 from redis.connection import HiredisRespSerializer
+from redis.exceptions import RedisError
 
-from axon.errors import ConfigError
+from axon.errors import ConfigError, StoreUnavailable
 from axon.settings import Settings
 from axon.store import RedisClient, Store
 
@@ -57,9 +58,9 @@ def connect(settings: Settings, *, url: str | None = None, blocking: bool = Fals
     timeout = None if blocking else COMMAND_TIMEOUT_S
     client: RedisClient
     if settings.redis_cluster:
-        client = RedisCluster.from_url(
-            target, socket_timeout=timeout, max_connections=settings.redis_max_connections
-        )
+        # redis-py's cluster pools cannot wait for a free connection (they raise at
+        # the cap), so they keep redis-py's own, effectively unbounded, limit.
+        client = RedisCluster.from_url(target, socket_timeout=timeout)
     else:
         # A bounded pool that waits for a free connection: a burst of requests
         # (a thousand SSE clients attaching at once) queues for a moment instead
@@ -89,6 +90,15 @@ async def open_store(settings: Settings, *, url: str | None = None) -> AsyncIter
     commands = connect(settings, url=url)
     blocking = connect(settings, url=url, blocking=True)
     try:
+        for client in (commands, blocking):
+            if isinstance(client, RedisCluster):
+                # Learn the slots now: redis-py initializes a cluster client on first
+                # use, and concurrent first uses race (one replaces the node objects
+                # and their connections under the others: AttributeError on write).
+                try:
+                    await client.initialize()
+                except (RedisError, OSError) as exc:
+                    raise StoreUnavailable(f"Redis Cluster is unreachable: {exc}") from exc
         yield Store(commands, settings=settings, blocking=blocking)
     finally:
         await blocking.aclose()

@@ -49,9 +49,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             may take to end gracefully before it is killed, per reason.
         shell_sandbox: ``required`` (refuse without bubblewrap), ``auto`` (sandbox
             when available) or ``off``.
-        redis_max_connections: connections per pool (each process has a command pool
-            and a blocking pool, per node on a cluster); a request that finds them
-            all busy waits for one.
+        redis_max_connections: connections per pool on a single server (each process
+            has a command pool and a blocking pool); a request that finds them all
+            busy waits for one. Cluster pools keep redis-py's own limit.
         api_host / api_port: where ``axon serve`` listens.
         max_body_bytes: largest request body the API accepts (413 beyond).
         sse_keepalive_s: idle time after which an SSE stream sends a keep-alive comment.

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -76,13 +77,14 @@ class TaskTail:
     confirmed; ``terminal_seq`` is the seq of the terminal event once seen.
     """
 
-    __slots__ = ("_changed", "base", "capacity", "channel", "dirty", "frames", "head",
-                 "task_id", "terminal_seq", "watchers")  # fmt: skip
+    __slots__ = ("_changed", "base", "bucket", "capacity", "channel", "dirty", "frames",
+                 "head", "task_id", "terminal_seq", "watchers")  # fmt: skip
 
     def __init__(self, task_id: str, channel: str, capacity: int) -> None:
         self.task_id = task_id
         self.channel = channel
         self.capacity = capacity
+        self.bucket = zlib.crc32(task_id.encode())
         self.base = 0
         self.head: int | None = None
         self.frames: list[bytes] = []
@@ -232,6 +234,11 @@ class Tailer:
                 self._pending_unsubscribe.add(tail.channel)
                 self._control.set()
 
+    @property
+    def connected(self) -> bool:
+        """Whether the Pub/Sub connection is up (``/readyz`` reports it)."""
+        return self._running and self._pubsub is not None
+
     def note_lagged(self) -> None:
         """Count a subscriber dropped for falling behind the buffer."""
         self._lagged += 1
@@ -328,32 +335,43 @@ class Tailer:
                 self._mark_dirty(tail)
 
     async def _tick_loop(self) -> None:
-        """Abort stuck sends (checked every second) and wake idle subscribers for their
-        keep-alives (twice per keep-alive interval)."""
-        step = min(1.0, self.keepalive_s / 2)
-        next_wake = time.monotonic() + self.keepalive_s / 2
+        """Abort stuck sends and wake idle subscribers for their keep-alives.
+
+        Every tail is woken twice per keep-alive interval, but not all at once: the
+        tails are spread over the ticks (by a hash of the task id), so ten thousand
+        subscribers checking their keep-alive never stall live events in one burst.
+        """
+        step = min(0.1, self.keepalive_s / 4)
+        buckets = max(1, round(self.keepalive_s / 2 / step))
+        tick = 0
         while True:
             await anyio.sleep(step)
+            tick += 1
             now = time.monotonic()
             limit = now - self.send_timeout_s
             for sender in [s for s in self.sending if (s.sending_since or now) < limit]:
                 self.sending.discard(sender)
                 self._aborted += 1
                 sender.abort()
-            if now >= next_wake:
-                next_wake = now + self.keepalive_s / 2
-                for tail in list(self._tails.values()):
+            bucket = tick % buckets
+            for tail in list(self._tails.values()):
+                if tail.bucket % buckets == bucket:
                     tail.wake()
 
     async def _subscription_loop(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         started = False
         backoff = 0.1
         while True:
+            connected_at = time.monotonic()
             try:
                 await self._serve_subscriptions(None if started else task_status)
-            except (RedisError, OSError):
+            except* (RedisError, OSError, AxonError):
+                # Lost the connection (the reader and the (un)subscribe sender share a
+                # task group, hence except*): reconnect; every tail re-reads from its head.
                 self._reconnects += 1
             started = True
+            if time.monotonic() - connected_at > 10:
+                backoff = 0.1
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
@@ -367,6 +385,7 @@ class Tailer:
             # After a reconnect, every tail resubscribes and re-reads from its head.
             self._pending_unsubscribe.clear()
             self._pending_subscribe = {tail.channel for tail in self._tails.values()}
+            self._control.set()
             self._pubsub = pubsub
             if task_status is not None:
                 task_status.started()

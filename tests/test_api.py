@@ -716,12 +716,16 @@ async def test_healthz_needs_no_key(make_api: Callable[..., Api]) -> None:
 
 
 async def test_readyz_reports_its_checks(make_api: Callable[..., Api]) -> None:
-    """GET /readyz answers 200 with Redis and the scripts checked, without an API key."""
+    """GET /readyz answers 200 with Redis, the scripts and the live tail checked, without
+    an API key."""
     api = make_api()
     async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
         reply = await http.get("/readyz")
     assert reply.status_code == 200
-    assert reply.json() == {"status": "ok", "checks": {"redis": "ok", "scripts": "loaded"}}
+    assert reply.json() == {
+        "status": "ok",
+        "checks": {"redis": "ok", "scripts": "loaded", "live_tail": "ok"},
+    }
 
 
 def refs(node: Any) -> list[str]:

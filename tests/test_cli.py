@@ -93,7 +93,7 @@ def test_dev_runs_the_whole_system_until_sigterm(tmp_path: Path) -> None:
         assert "curl" in text
         headers = {"authorization": f"Bearer {key.group(1)}"}
         with httpx.Client(base_url=url.group(1), headers=headers, timeout=20) as client:
-            created = client.post("/v1/tasks", json={"adapter": "mock", "args": {"steps": 2}})
+            created = client.post("/v1/tasks", json={"adapter": "mock", "args": {"count": 2}})
             assert created.status_code == 201, created.text
             events = client.get(
                 created.json()["stream_url"], headers={"accept": "text/event-stream"}

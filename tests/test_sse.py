@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -13,11 +14,17 @@ from httpx_sse import aconnect_sse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from axon.apikeys import KeyStore, Role
 from axon.chain import verify_chain
+from axon.connection import open_store
+from axon.embedded import valkey_binary
 from axon.queue import Queue
 from axon.records import TaskSpec, TaskState
+from axon.settings import Settings
 from axon.store import Store
 from axon.writer import EventWriter
+from tests import servers
+from tests.apiserver import LiveServer
 from tests.conftest import Api
 from tests.sse_client import Frame, RawStream
 
@@ -335,3 +342,52 @@ async def test_trimmed_events_are_reported_not_skipped(make_api: Callable[..., A
         reply = await client.get(f"/v1/tasks/{writer.task_id}/events?since_seq=2")
     assert reply.status_code == 410
     assert reply.json()["error"]["code"] == "events_unavailable"
+
+
+async def test_client_that_stops_reading_is_cut_off(make_api: Callable[..., Api]) -> None:
+    """A client that accepts no bytes for longer than the send timeout is disconnected by
+    the shared ticker, and its subscription is released (memory cannot pile up behind it)."""
+    api = make_api(sse_send_timeout_s=0.5)
+    writer = await new_task(api.store)
+    services = api.server.server.app.state.services
+    stream = await RawStream.open(api.port, f"/v1/tasks/{writer.task_id}/events", key=api.admin)
+    await stream.next_frames()
+    blob = "x" * 30_000
+    for i in range(400):  # ~12 MB that this client never reads
+        await writer.emit("chunk", {"i": i, "blob": blob})
+    await wait_for(lambda: services.tailer.statistics().aborted == 1)
+    await wait_for(lambda: services.tailer.statistics().subscribers == 0)
+    stream.close()
+
+
+async def test_stream_survives_a_redis_restart(tmp_path: Path, store: Store) -> None:
+    """Redis restarting under a live stream: the stream stays open, the live tail
+    reconnects, and the events appended afterwards arrive with no gap or duplicate."""
+    with servers.single(valkey_binary(), tmp_path, args=servers.AOF_ARGS) as own:
+        # No heal sweep during the test: the tail must recover by resubscribing.
+        settings = Settings(redis_url=own.url, sse_keepalive_s=0.2, tail_heal_interval_s=3600)
+        async with open_store(settings) as own_store:
+            key, _ = await KeyStore(own_store).create("acme", Role.ADMIN)
+            writer = await new_task(own_store)
+        server = LiveServer(settings).start()
+        try:
+            services = server.server.app.state.services
+            stream = await RawStream.open(
+                server.port, f"/v1/tasks/{writer.task_id}/events", key=key
+            )
+            frames = list(await stream.next_frames() or [])
+            await anyio.to_thread.run_sync(own.restart)
+            await wait_for(lambda: services.tailer.statistics().reconnects >= 1)
+            await wait_for(lambda: services.tailer.connected)
+            async with open_store(settings) as own_store:
+                writer = EventWriter(own_store, writer.task_id, epoch=0)
+                for i in range(5):
+                    await writer.emit("step", {"i": i})
+                await writer.transition(TaskState.RUNNING, "claimed", new_epoch=1)
+                await writer.finish(TaskState.SUCCEEDED)
+                stored = await all_bytes(own_store, writer.task_id)
+            with anyio.fail_after(20):
+                frames += await stream.frames()
+        finally:
+            server.stop()
+    assert [f.data for f in events_of(frames)] == stored
