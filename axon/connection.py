@@ -13,7 +13,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import BlockingConnectionPool, Connection
+from redis.asyncio.connection import BlockingConnectionPool, Connection, ConnectionPool
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import RedisError
 
@@ -78,6 +78,14 @@ def connect(settings: Settings, *, url: str | None = None, blocking: bool = Fals
     for command in ("XRANGE", "XREAD"):
         client.set_response_callback(command, _raw_reply)
     return client
+
+
+def node_client(node: Any) -> Redis:
+    """A plain client for one node of a cluster, with the node's own connection settings
+    (password, TLS, timeouts), for Pub/Sub: classic PUBLISH reaches every node, while
+    redis-py's cluster Pub/Sub would route each channel by slot."""
+    kwargs = {k: v for k, v in node.connection_kwargs.items() if k != "event_dispatcher"}
+    return Redis.from_pool(ConnectionPool(connection_class=node.connection_class, **kwargs))
 
 
 def _raw_reply(response: Any, **options: Any) -> Any:

@@ -39,6 +39,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from axon.connection import node_client
 from axon.errors import AxonError
 from axon.events import TERMINAL_KINDS, kind_bytes_of
 from axon.keys import check_task_id
@@ -446,6 +447,5 @@ class Tailer:
         blocking = self.store.blocking
         if isinstance(blocking, RedisCluster):
             await blocking.initialize()
-            node = blocking.get_random_node()
-            return Redis(host=node.host, port=int(node.port)), True
+            return node_client(blocking.get_random_node()), True
         return blocking, False

@@ -34,7 +34,6 @@ from typing import Any
 import anyio
 import anyio.abc
 import msgspec
-from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
@@ -42,6 +41,7 @@ from axon import lua
 from axon.adapters.base import AdapterError, Outcome
 from axon.adapters.registry import AdapterRegistry
 from axon.chain import ChainHead
+from axon.connection import node_client
 from axon.context import RunContext
 from axon.errors import AppendRejected, AxonError, InvalidEvent
 from axon.queue import Queue
@@ -425,8 +425,7 @@ class Worker:
             # PUBLISH reaches every node of a cluster, so any one node will do; redis-py's
             # cluster Pub/Sub would route the channel by slot instead.
             await blocking.initialize()
-            node = blocking.get_random_node()
-            blocking = Redis(host=node.host, port=int(node.port))
+            blocking = node_client(blocking.get_random_node())
         pubsub = blocking.pubsub()
         try:
             await pubsub.subscribe(channel)
