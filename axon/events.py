@@ -180,11 +180,8 @@ def kind_of(raw: bytes) -> str:
     Raises:
         InvalidEvent: the bytes do not have the writer's layout.
     """
-    start = raw.find(_KIND_MARK) + _KIND_SKIP
-    end = raw.find(b'"', start)
-    if start < _KIND_SKIP or end < 0:
-        raise InvalidEvent("event bytes have no kind field where the writer puts it")
-    return _kind_names.get(raw[start:end]) or _kind_name(raw[start:end])
+    raw_kind = kind_bytes_of(raw)
+    return _kind_names.get(raw_kind) or _kind_name(raw_kind)
 
 
 def kind_bytes_of(raw: bytes) -> bytes:

@@ -71,6 +71,7 @@ from common import (
     progress,
     publish,
     ratio,
+    read_raw,
     report_of,
     run_on_server,
     run_prefix,
@@ -486,19 +487,6 @@ async def read_xrange(client: Redis, key: str) -> int:
     total = 0
     while True:
         rows = cast("list[tuple[bytes, Any]]", await client.xrange(key, start, "+", READ_PAGE))
-        total += len(rows)
-        if len(rows) < READ_PAGE:
-            return total
-        start = b"(" + rows[-1][0]
-
-
-async def read_raw(client: Redis, key: str) -> int:
-    """Page with ``execute_command("XRANGE", ...)`` on a client without the XRANGE callback."""
-    execute: Callable[..., Awaitable[Any]] = client.execute_command
-    start: bytes | str = "-"
-    total = 0
-    while True:
-        rows = await execute("XRANGE", key, start, "+", "COUNT", READ_PAGE)
         total += len(rows)
         if len(rows) < READ_PAGE:
             return total

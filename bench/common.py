@@ -314,3 +314,17 @@ def run_on_server(
         if server is not None:
             server.stop()
             progress("embedded server stopped")
+
+
+async def read_raw(client: Any, key: str, page: int = 1000) -> int:
+    """Page a whole stream with raw ``XRANGE`` replies (no per-entry conversion): the
+    reference that Axon's range reads are measured against; returns the entry count."""
+    execute: Callable[..., Awaitable[Any]] = client.execute_command
+    start: bytes | str = "-"
+    total = 0
+    while True:
+        rows = await execute("XRANGE", key, start, "+", "COUNT", page)
+        total += len(rows)
+        if len(rows) < page:
+            return total
+        start = b"(" + rows[-1][0]

@@ -71,6 +71,7 @@ from common import (
     progress,
     publish,
     ratio,
+    read_raw,
     report_of,
     run_prefix,
     sample_server,
@@ -803,19 +804,6 @@ async def scenario(
 
 
 # -- (3) backfill --------------------------------------------------------------------
-
-
-async def read_raw(client: Any, key: str) -> int:
-    """Page the whole stream with raw ``XRANGE`` replies (no per-entry conversion)."""
-    execute: Callable[..., Awaitable[Any]] = client.execute_command
-    start: bytes | str = "-"
-    total = 0
-    while True:
-        rows = await execute("XRANGE", key, start, "+", "COUNT", READ_PAGE)
-        total += len(rows)
-        if len(rows) < READ_PAGE:
-            return total
-        start = b"(" + rows[-1][0]
 
 
 async def backfill_phase(ctx: Context) -> dict[str, Any]:
