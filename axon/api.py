@@ -19,6 +19,7 @@ import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -120,6 +121,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[
+            *_cors(settings),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
             Middleware(AuthMiddleware, keys=late_keys),
         ],
@@ -133,6 +135,31 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
     # "/v1/tasks/" is a 404 in our error body, not a redirect that would resend the key.
     app.router.redirect_slashes = False
     return app
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    """CORS for the configured browser origins, outermost so preflights need no key.
+
+    Keys travel in the ``Authorization`` header, never in cookies, so credentials
+    mode stays off: a page must hold the key itself (docs/sse.md, "Browsers").
+    """
+    if not settings.cors_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            expose_headers=[
+                "Location",
+                "Idempotent-Replayed",
+                "X-Axon-Last-Seq",
+                "X-Axon-Head-Seq",
+            ],
+            max_age=600,
+        )
+    ]
 
 
 @asynccontextmanager

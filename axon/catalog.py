@@ -188,11 +188,8 @@ class TaskCatalog:
     async def _create(
         self, spec: TaskSpec, task_id: str, *, idempotency: str | None = None
     ) -> TaskRecord:
-        """Index ``task_id``, then create and queue the task; undo the index on failure."""
+        """Create, index and queue the task (``Queue.submit``); undo the index on failure."""
         try:
-            await self.store.call(
-                self.store.redis.zadd(self.keys.tenant_tasks(spec.tenant), {task_id: 0})
-            )
             return await self.queue.submit(spec, task_id=task_id)
         except BaseException:
             # Also on cancellation: an idempotency key left pointing at a task that

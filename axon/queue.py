@@ -36,9 +36,9 @@ from axon.errors import (
     TaskNotFound,
     TaskTerminal,
 )
-from axon.keys import check_task_id
+from axon.keys import check_task_id, new_task_id
 from axon.records import TaskRecord, TaskSpec, TaskState
-from axon.store import Store, now_ms, xread_entries
+from axon.store import Store, check_spec, now_ms, xread_entries
 from axon.writer import EventWriter
 
 
@@ -77,6 +77,13 @@ class Queue:
                 f"unknown lane {spec.lane!r}; lanes are {', '.join(self.settings.lanes)}",
                 field="lane",
             )
+        check_spec(spec)
+        task_id = new_task_id() if task_id is None else check_task_id(task_id)
+        # Indexed before it exists, so no task is ever missing from its tenant's
+        # listing; an entry whose task never came is skipped there (and dropped).
+        await self.store.call(
+            self.store.redis.zadd(self.keys.tenant_tasks(spec.tenant), {task_id: 0})
+        )
         record = await self.store.create_task(spec, task_id=task_id)
         await self.enqueue(record.id, record.lane)
         return record

@@ -64,6 +64,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         api_key_cache_s: how long a verified API key is trusted without asking Redis
             (a revocation reaches other API processes within this time).
         idempotency_ttl_s: how long an ``Idempotency-Key`` is remembered.
+        cors_origins: browser origins (``https://app.example``) allowed to call the
+            API from another origin; empty (the default) sends no CORS headers.
     """
 
     redis_url: str | None = None
@@ -97,6 +99,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     tail_heal_interval_s: float = 10.0
     api_key_cache_s: float = 5.0
     idempotency_ttl_s: int = 86_400
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.key_prefix or any(c in self.key_prefix for c in "{} \n"):
@@ -145,6 +148,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         for name in ("sse_keepalive_s", "sse_send_timeout_s", "tail_heal_interval_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
+        for origin in self.cors_origins:
+            if origin != "*" and re.fullmatch(r"https?://[^/\s]+", origin) is None:
+                raise ConfigError(
+                    f"cors origin {origin!r}: use scheme://host[:port] (no path) or '*'"
+                )
         if self.api_key_cache_s < 0:
             raise ConfigError("api_key_cache_s must be >= 0 (0 disables the cache)")
 
@@ -227,4 +235,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             tail_heal_interval_s=number("AXON_TAIL_HEAL_INTERVAL_S", 10.0),
             api_key_cache_s=number("AXON_API_KEY_CACHE_S", 5.0),
             idempotency_ttl_s=integer("AXON_IDEMPOTENCY_TTL_S", 86_400),
+            cors_origins=tuple(
+                x.strip() for x in env.get("AXON_CORS_ORIGINS", "").split(",") if x.strip()
+            ),
         )

@@ -165,7 +165,7 @@ class Store:
             TaskExists: ``task_id`` is taken.
         """
         task_id = new_task_id() if task_id is None else check_task_id(task_id)
-        _check_spec(spec)
+        check_spec(spec)
         limit = self.settings.max_event_bytes
         try:
             args = encode_data(spec.args, max_bytes=limit)
@@ -518,7 +518,8 @@ class Store:
         raise StoreUnavailable("script could not be loaded")  # pragma: no cover
 
 
-def _check_spec(spec: TaskSpec) -> None:
+def check_spec(spec: TaskSpec) -> None:
+    """Raise ``InvalidTaskSpec`` unless tenant, adapter, lane and the numbers are well-formed."""
     if TENANT_PATTERN.fullmatch(spec.tenant) is None:
         raise InvalidTaskSpec("tenant must be 1-64 characters of A-Z, a-z, 0-9, '_', '.', '-'")
     for what, value in (("adapter", spec.adapter), ("lane", spec.lane)):

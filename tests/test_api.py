@@ -829,3 +829,38 @@ async def test_no_input_is_a_server_error(
             error_of(reply, reply.status_code)
     assert created.status_code in (201, 400, 422), created.text
     assert events.status_code in (200, 400, 409), events.text
+
+
+async def test_cors_preflight_and_exposed_headers(make_api: Callable[..., Api]) -> None:
+    """With AXON_CORS_ORIGINS set, a browser preflight from an allowed origin succeeds
+    without a key, real responses carry the CORS headers, and other origins get none."""
+    api = make_api(cors_origins=("https://app.example",))
+    preflight = {
+        "origin": "https://app.example",
+        "access-control-request-method": "GET",
+        "access-control-request-headers": "authorization, last-event-id",
+    }
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+        reply = await http.options("/v1/tasks", headers=preflight)
+        assert reply.status_code == 200
+        assert reply.headers["access-control-allow-origin"] == "https://app.example"
+        assert "authorization" in reply.headers["access-control-allow-headers"].lower()
+        listed = await http.get(
+            "/v1/tasks", headers={**api.headers(), "origin": "https://app.example"}
+        )
+        assert listed.status_code == 200
+        assert listed.headers["access-control-allow-origin"] == "https://app.example"
+        other = await http.get(
+            "/v1/tasks", headers={**api.headers(), "origin": "https://evil.example"}
+        )
+        assert "access-control-allow-origin" not in other.headers
+
+
+async def test_no_cors_headers_by_default(make_api: Callable[..., Api]) -> None:
+    """Without configured origins the API sends no CORS headers (same-origin only)."""
+    api = make_api()
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+        reply = await http.get(
+            "/v1/tasks", headers={**api.headers(), "origin": "https://app.example"}
+        )
+    assert "access-control-allow-origin" not in reply.headers

@@ -77,6 +77,14 @@ async def test_submit_creates_a_queued_task_listed_newest_first(catalog: TaskCat
     assert await catalog.get("acme", ids[0]) == page.items[-1]
 
 
+async def test_tasks_queued_outside_the_api_are_listed(catalog: TaskCatalog) -> None:
+    """A task created by ``Queue.submit`` (the CLI, a dead-letter replay) is in its
+    tenant's listing too, not only tasks created over HTTP."""
+    record = await catalog.queue.submit(SPEC)
+    page = await catalog.list("acme")
+    assert [r.id for r in page.items] == [record.id]
+
+
 async def test_pagination_yields_every_task_once_in_order(catalog: TaskCatalog) -> None:
     """25 tasks in pages of 10 come back as 10, 10, 5, each task exactly once, newest first."""
     ids = await submit_many(catalog, 25)
