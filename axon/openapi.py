@@ -25,7 +25,8 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
         403: "the key's role does not allow this",
         404: "no such task (or another tenant's)",
         406: "unsupported Accept",
-        409: "conflict (idempotency key reused with another body, cursor beyond the head)",
+        409: "conflict (idempotency key reused with another body, cursor beyond the head, "
+        "a cancel racing constant writes)",
         410: "events after the cursor are no longer retained",
         413: "request body too large",
         415: "body is not application/json",
@@ -156,7 +157,7 @@ def openapi_document() -> bytes:
                 "parameters": [_TASK_ID],
                 "responses": {
                     "202": _json_response("cancellation requested (or already final)", "Task"),
-                    **_error_responses(400, 401, 403, 404, 503),
+                    **_error_responses(400, 401, 403, 404, 409, 503),
                 },
             }
         },
@@ -174,7 +175,7 @@ def openapi_document() -> bytes:
                     {
                         "name": "since_seq",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 0},
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 10**18 - 1},
                     },
                     {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
                     {
