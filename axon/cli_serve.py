@@ -95,22 +95,25 @@ def tune_gc() -> None:
 async def _serve(settings: Settings) -> int:
     tune_gc()
     server = build_server(settings)
-    return await _run_until_signal(server, settings, worker=False)
+    return await _run_until_signal(server, settings)
 
 
 async def _run_until_signal(
-    server: ApiServer, settings: Settings, *, worker: bool, data_dir: Path | None = None
+    server: ApiServer, settings: Settings, *, data_dir: Path | None = None
 ) -> int:
+    """Serve until SIGINT/SIGTERM, then drain. With ``data_dir`` (``axon dev``) a worker
+    runs beside the API and a dev key is ensured; on a signal the worker hands its
+    running tasks back before the process exits."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as group:
-            serving = anyio.Event()
+            draining = anyio.Event()
 
             async def serve() -> None:
                 # uvicorn exits on a failed start (port taken, lifespan error).
                 with contextlib.suppress(SystemExit):
                     await server.serve()
-                serving.set()
-                group.cancel_scope.cancel()
+                if not draining.is_set():  # it stopped on its own: stop everything
+                    group.cancel_scope.cancel()
 
             group.start_soon(serve)
             try:
@@ -120,33 +123,28 @@ async def _run_until_signal(
                 group.cancel_scope.cancel()
                 return 1
             url = f"http://{settings.api_host}:{server.port}"
-            stack: Worker | None = None
-            if worker:
-                stack = await _start_worker(group, server)
-                assert data_dir is not None
+            worker: Worker | None = None
+            if data_dir is not None:
+                worker = Worker(Queue(_store_of(server)))
+                await group.start(worker.run)
                 key = await _dev_key(_store_of(server), data_dir)
-                _print_dev_banner(url, key, settings, stack)
+                _print_dev_banner(url, key, settings, worker)
             else:
                 print(f"Axon API listening on {url} (Ctrl-C to stop)", flush=True)
             async for signum in signals:
                 print(f"{signal.Signals(signum).name}: draining", flush=True)
+                draining.set()
                 server.drain()
-                if stack is not None:
-                    stack.stop()
+                if worker is not None:
+                    worker.stop()
                 break
-            await serving.wait()
+            # The task group now waits for the server to drain and the worker to stop.
     return 0
 
 
 def _store_of(server: ApiServer) -> Store:
     store: Store = server.app.state.services.store
     return store
-
-
-async def _start_worker(group: anyio.abc.TaskGroup, server: ApiServer) -> Worker:
-    worker = Worker(Queue(_store_of(server)))
-    await group.start(worker.run)
-    return worker
 
 
 async def _dev_key(store: Store, data_dir: Path) -> str:
@@ -222,7 +220,7 @@ def _dev(settings: Settings, data_dir: Path) -> int:
 async def _dev_stack(settings: Settings, data_dir: Path) -> int:
     tune_gc()
     server = build_server(settings, log_level="warning")
-    return await _run_until_signal(server, settings, worker=True, data_dir=data_dir)
+    return await _run_until_signal(server, settings, data_dir=data_dir)
 
 
 def _raise_interrupt() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -103,6 +104,46 @@ def test_dev_runs_the_whole_system_until_sigterm(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, err
         assert "Embedded Valkey stopped." in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_dev_hands_running_tasks_back_on_sigterm(tmp_path: Path, valkey: ServerProcess) -> None:
+    """On SIGTERM `axon dev` lets its worker hand a running task back to its lane
+    (state queued, a `requeued` event) before it exits, instead of cutting it off."""
+    env = {**os.environ, "REDIS_URL": valkey.url, "AXON_KEY_PREFIX": f"devback{os.getpid()}"}
+    proc = subprocess.Popen(
+        [*AXON, "dev", "--data-dir", str(tmp_path), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        banner: list[str] = []
+        while not banner or "Press Ctrl-C" not in banner[-1]:
+            banner.append(proc.stdout.readline())
+        text = "".join(banner)
+        url = re.search(r"API\s+(http://\S+)", text)
+        assert url is not None, text
+        headers = {"authorization": f"Bearer {(tmp_path / 'dev-key').read_text().strip()}"}
+        with httpx.Client(base_url=url.group(1), headers=headers, timeout=20) as client:
+            body = {"adapter": "mock", "args": {"count": 100_000, "interval_ms": 50}}
+            task_id = client.post("/v1/tasks", json=body).json()["id"]
+            with client.stream(
+                "GET", f"/v1/tasks/{task_id}/events", headers={"accept": "text/event-stream"}
+            ) as stream:
+                for line in stream.iter_lines():
+                    if line == "event: tick":  # it is running
+                        break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        shown = run("task", task_id, env=env)
+        assert json.loads(shown.stdout)["state"] == "queued", shown.stdout
     finally:
         if proc.poll() is None:
             proc.kill()
