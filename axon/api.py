@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import msgspec
@@ -30,7 +30,6 @@ from axon.connection import open_store
 from axon.errors import (
     AxonError,
     CursorAhead,
-    EventsUnavailable,
     InvalidArgument,
     InvalidCursor,
     PermissionDenied,
@@ -310,22 +309,20 @@ async def task_events(request: Request) -> Response | EventStream:
     limit = _int_param(query.get("limit"), "limit", default=1000, low=1, high=EXPORT_MAX_EVENTS)
     lines: list[bytes] = []
     size = 0
-    last = cursor
-    while len(lines) < limit and size < EXPORT_MAX_BYTES:
-        page = await services.store.read(
-            record.id, after_seq=last, limit=min(1000, limit - len(lines))
+    full = False
+    while not full and len(lines) < limit:
+        raws = await services.store.read_raw(
+            record.id, after_seq=cursor + len(lines), limit=min(1000, limit - len(lines))
         )
-        if not page:
+        if not raws:
             break
-        for event in page:
-            if lines and size + len(event.raw) + 1 > EXPORT_MAX_BYTES:
+        for raw in raws:
+            if lines and size + len(raw) + 1 > EXPORT_MAX_BYTES:
+                full = True
                 break
-            lines.append(event.raw)
-            size += len(event.raw) + 1
-            last = event.seq
-        else:
-            continue
-        break
+            lines.append(raw)
+            size += len(raw) + 1
+    last = cursor + len(lines)
     body = b"".join(line + b"\n" for line in lines)
     return Response(
         body,
@@ -436,17 +433,14 @@ def _error(status: int, code: str, message: str, details: dict[str, Any]) -> Res
 
 
 async def _axon_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, AxonError)
-    if isinstance(exc, _HttpError):
-        return _error(exc.status, exc.http_code, exc.message, exc.details)
-    status = STATUS.get(exc.code, 500)
-    if isinstance(exc, EventsUnavailable):
-        status = 410
-    return _error(status, exc.code, exc.message, exc.details)
+    error = cast("AxonError", exc)  # registered for AxonError only
+    if isinstance(error, _HttpError):
+        return _error(error.status, error.http_code, error.message, error.details)
+    return _error(STATUS.get(error.code, 500), error.code, error.message, error.details)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
+    exc = cast("HTTPException", exc)  # registered for HTTPException only
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     message = {404: "no such endpoint", 405: "method not allowed on this endpoint"}.get(
         exc.status_code, str(exc.detail)
