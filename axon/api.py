@@ -35,8 +35,10 @@ from axon.errors import (
     PermissionDenied,
 )
 from axon.middleware import PRINCIPAL, STATUS, AuthMiddleware, BodyLimitMiddleware, error_body
+from axon.notes import NoteSigner
 from axon.openapi import openapi_document
 from axon.queue import Queue
+from axon.receipts import Receipts
 from axon.records import TaskSpec, TaskState
 from axon.settings import Settings
 from axon.sse import EventStream, StreamOptions
@@ -58,9 +60,10 @@ _PATH = re.compile(r"- at `(\$[^`]*)`")
 class Services:
     """What the endpoints use; built by the lifespan, or handed in by tests."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, signer: NoteSigner | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.receipts = Receipts(store, signer, trusted=settings.receipt_trusted_keys)
         self.queue = Queue(store)
         self.catalog = TaskCatalog(self.queue, idempotency_ttl_s=settings.idempotency_ttl_s)
         self.keys = KeyStore(store, cache_ttl_s=settings.api_key_cache_s)
@@ -86,12 +89,16 @@ class _LateKeys:
         return await self.target.authenticate(presented)
 
 
-def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
+def create_app(
+    settings: Settings, *, store: Store | None = None, signer: NoteSigner | None = None
+) -> Starlette:
     """The ASGI application.
 
     With ``store`` the app uses it (and leaves closing it to the caller);
     otherwise the lifespan opens one from ``settings``. Either way the
-    lifespan runs the shared live tailer and loads the Lua scripts.
+    lifespan runs the shared live tailer and loads the Lua scripts. Without
+    ``signer`` (the receipt key) everything but receipts is served; receipt
+    routes answer 503 ``receipts_unavailable``.
     """
     late_keys = _LateKeys()
 
@@ -99,7 +106,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with _opened(settings, store) as opened:
             await opened.load_scripts()
-            services = Services(settings, opened)
+            services = Services(settings, opened, signer)
             app.state.services = services
             late_keys.target = services.keys
             async with anyio.create_task_group() as group:
@@ -116,6 +123,11 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
         Route("/v1/tasks/{task_id}", get_task, methods=["GET"]),
         Route("/v1/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
         Route("/v1/tasks/{task_id}/events", task_events, methods=["GET"]),
+        Route("/v1/tasks/{task_id}/events/{seq}/proof", event_proof, methods=["GET"]),
+        Route("/v1/tasks/{task_id}/checkpoint", task_checkpoint, methods=["GET"]),
+        Route("/v1/tasks/{task_id}/receipt", task_receipt, methods=["GET"]),
+        Route("/v1/tasks/{task_id}/consistency", task_consistency, methods=["GET"]),
+        Route("/v1/receipt-key", receipt_key, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
@@ -335,7 +347,72 @@ async def task_events(request: Request) -> Response | EventStream:
     )
 
 
+async def task_checkpoint(request: Request) -> Response:
+    """``GET /v1/tasks/{id}/checkpoint``: the latest signed checkpoint (a C2SP signed note)."""
+    principal = _principal(request, Role.READER)
+    _only(request.query_params.keys(), set())
+    services = _services(request)
+    record = await services.catalog.get(principal.tenant, request.path_params["task_id"])
+    checkpoint = await services.receipts.checkpoint(record.id)
+    return _text(checkpoint.note)
+
+
+async def event_proof(request: Request) -> Response:
+    """``GET /v1/tasks/{id}/events/{seq}/proof``: a C2SP ``tlog-proof@v1`` for one event."""
+    principal = _principal(request, Role.READER)
+    _only(request.query_params.keys(), set())
+    raw_seq = request.path_params["seq"]
+    if _SEQ.fullmatch(raw_seq) is None or int(raw_seq) < 1:
+        raise InvalidArgument(
+            f"seq must be a positive integer, got {raw_seq[:40]!r}", parameter="seq"
+        )
+    services = _services(request)
+    record = await services.catalog.get(principal.tenant, request.path_params["task_id"])
+    proof = await services.receipts.proof(record.id, int(raw_seq))
+    return _text(proof, filename=f"{record.id}-{int(raw_seq)}.tlog-proof")
+
+
+async def task_receipt(request: Request) -> Response:
+    """``GET /v1/tasks/{id}/receipt``: the proof of a finished task's terminal event."""
+    principal = _principal(request, Role.READER)
+    _only(request.query_params.keys(), set())
+    services = _services(request)
+    record = await services.catalog.get(principal.tenant, request.path_params["task_id"])
+    receipt = await services.receipts.receipt(record.id)
+    return _text(receipt, filename=f"{record.id}.tlog-proof")
+
+
+async def task_consistency(request: Request) -> Response:
+    """``GET /v1/tasks/{id}/consistency?from=M&to=N``: RFC 6962 consistency proof (JSON)."""
+    principal = _principal(request, Role.READER)
+    query = request.query_params
+    _only(query.keys(), {"from", "to"})
+    services = _services(request)
+    record = await services.catalog.get(principal.tenant, request.path_params["task_id"])
+    high = 10**18
+    old = _int_param(query.get("from"), "from", default=1, low=1, high=high)
+    new = _int_param(query.get("to"), "to", default=record.head_seq, low=1, high=high)
+    return _json(await services.receipts.consistency(record.id, old, new))
+
+
+async def receipt_key(request: Request) -> Response:
+    """``GET /v1/receipt-key``: the note verifier keys receipts verify with, one per line
+    (the current signing key first, then earlier keys still trusted)."""
+    _principal(request, Role.READER)
+    _only(request.query_params.keys(), set())
+    services = _services(request)
+    keys = services.receipts.verifier_keys()
+    return _text("".join(f"{key}\n" for key in keys))
+
+
 # -- helpers -----------------------------------------------------------------
+
+
+def _text(body: str, *, filename: str | None = None) -> Response:
+    headers = {"cache-control": "no-store"}
+    if filename is not None:
+        headers["content-disposition"] = f'attachment; filename="{filename}"'
+    return Response(body, media_type="text/plain; charset=utf-8", headers=headers)
 
 
 class _HttpError(AxonError):

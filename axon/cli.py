@@ -8,6 +8,9 @@ Commands:
     axon worker         claim and run tasks (see ``axon.cli_tasks`` for the task commands)
     axon submit|task|cancel|dlq   create, inspect, cancel tasks; dead letters
     axon keys create|list|revoke  manage API keys (see ``axon.cli_keys``)
+    axon keys receipt-init|receipt-show   the receipt signing key
+    axon compactor      archive old events into signed snapshots (``axon.cli_compactor``)
+    axon verify         verify a receipt offline (``axon.cli_verify``)
 
 Exit codes: 0 success, 1 a check or operation failed, 2 bad usage or configuration.
 """
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import anyio
 
-from axon import cli_keys, cli_serve, cli_tasks
+from axon import cli_compactor, cli_keys, cli_serve, cli_tasks, cli_verify
 from axon._version import __version__
 from axon.connection import open_store
 from axon.embedded import ServerProcess, valkey_binary
@@ -46,12 +49,16 @@ def _parser() -> argparse.ArgumentParser:
     cli_serve.add_commands(commands)
     cli_tasks.add_commands(commands)
     cli_keys.add_commands(commands)
+    cli_compactor.add_commands(commands)
+    cli_verify.add_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``axon`` and ``python -m axon``; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command in cli_verify.COMMANDS:  # offline: needs no settings at all
+        return cli_verify.run(args)
     try:
         settings = Settings.from_env()
         if args.command == "doctor":
@@ -62,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_tasks.run(args, settings)
         if args.command in cli_keys.COMMANDS:
             return cli_keys.run(args, settings)
+        if args.command in cli_compactor.COMMANDS:
+            return cli_compactor.run(args, settings)
     except AxonError as exc:
         print(f"axon: error: {exc.message}", file=sys.stderr)
         return 2

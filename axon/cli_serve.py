@@ -23,9 +23,12 @@ import anyio
 import msgspec
 
 from axon.apikeys import KeyStore, Role
+from axon.compactor import Compactor
 from axon.embedded import ServerProcess, valkey_binary
 from axon.errors import AxonError, ConfigError, Unauthenticated
+from axon.notes import NoteSigner
 from axon.queue import Queue
+from axon.receiptkey import init_key, load_signer
 from axon.server import ApiServer, build_server
 from axon.settings import Settings
 from axon.store import Store
@@ -35,6 +38,8 @@ COMMANDS = frozenset({"serve", "dev"})
 _LOOP = {"use_uvloop": True}
 """uvloop where installed (anyio falls back to asyncio's loop otherwise)."""
 DEV_TENANT = "dev"
+DEV_ORIGIN = "axon.localhost/dev"
+"""Receipt key name (the deployment origin) ``axon dev`` creates its key with."""
 
 
 def add_commands(commands: Any) -> None:
@@ -56,7 +61,12 @@ def add_commands(commands: Any) -> None:
         "set) with AOF persistence in --data-dir, the HTTP API and a worker, create a dev "
         "admin key, and print the URL, the key and a curl example. Ctrl-C stops it all.",
     )
-    dev.add_argument("--data-dir", type=Path, default=Path(".axon"), help="default: ./.axon")
+    dev.add_argument(
+        "--data-dir",
+        type=Path,
+        help="Valkey data, the dev key, the receipt key and the archive "
+        "(default: AXON_DATA_DIR or ./.axon)",
+    )
     dev.add_argument("--host", help="API listen address (default: AXON_API_HOST or 127.0.0.1)")
     dev.add_argument("--port", type=int, help="API port (default: AXON_API_PORT or 8000)")
 
@@ -73,7 +83,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if settings.redis_url is None:
             raise ConfigError("set REDIS_URL to the Redis to serve (or run `axon dev`)")
         return anyio.run(_serve, settings, backend_options=_LOOP)
-    return _dev(settings, args.data_dir)
+    data_dir = args.data_dir if args.data_dir is not None else Path(settings.data_dir)
+    return _dev(msgspec.structs.replace(settings, data_dir=str(data_dir)), data_dir)
 
 
 def tune_gc() -> None:
@@ -92,9 +103,28 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 10)
 
 
+def receipt_signer(settings: Settings, *, create: bool = False) -> NoteSigner | None:
+    """The receipt signing key: ``AXON_RECEIPT_KEY``, else the key file; with ``create``
+    (``axon dev``) a missing key file is created. Says so when receipts are off."""
+    path = settings.receipt_key_path()
+    env_value = os.environ.get("AXON_RECEIPT_KEY") or None
+    signer = load_signer(env_value=env_value, path=path)
+    if signer is None and create:
+        signer = init_key(path, DEV_ORIGIN)
+        print(f"Created the receipt signing key {path} ({signer.verifier_key()}).", flush=True)
+    if signer is None:
+        print(
+            f"note: no receipt signing key ({path} or AXON_RECEIPT_KEY): receipts are off "
+            "until you run `axon keys receipt-init`",
+            file=sys.stderr,
+            flush=True,
+        )
+    return signer
+
+
 async def _serve(settings: Settings) -> int:
     tune_gc()
-    server = build_server(settings)
+    server = build_server(settings, signer=receipt_signer(settings))
     return await _run_until_signal(server, settings)
 
 
@@ -124,9 +154,19 @@ async def _run_until_signal(
                 return 1
             url = f"http://{settings.api_host}:{server.port}"
             worker: Worker | None = None
+            compacting = anyio.CancelScope()
             if data_dir is not None:
                 worker = Worker(Queue(_store_of(server)))
                 await group.start(worker.run)
+                services = server.app.state.services
+                if services.receipts.signer is not None:
+                    compactor = Compactor(_store_of(server), services.receipts, settings=settings)
+
+                    async def compact() -> None:
+                        with compacting:
+                            await compactor.run()
+
+                    group.start_soon(compact)
                 key = await _dev_key(_store_of(server), data_dir)
                 _print_dev_banner(url, key, settings, worker)
             else:
@@ -134,6 +174,7 @@ async def _run_until_signal(
             async for signum in signals:
                 print(f"{signal.Signals(signum).name}: draining", flush=True)
                 draining.set()
+                compacting.cancel()
                 server.drain()
                 if worker is not None:
                     worker.stop()
@@ -219,7 +260,9 @@ def _dev(settings: Settings, data_dir: Path) -> int:
 
 async def _dev_stack(settings: Settings, data_dir: Path) -> int:
     tune_gc()
-    server = build_server(settings, log_level="warning")
+    server = build_server(
+        settings, signer=receipt_signer(settings, create=True), log_level="warning"
+    )
     return await _run_until_signal(server, settings, data_dir=data_dir)
 
 

@@ -128,6 +128,48 @@ class EventsUnavailable(AxonError):
     code = "events_unavailable"
 
 
+class ArchiveUnavailable(AxonError):
+    """Raised when archived history cannot be written or read: missing, unreadable, corrupted."""
+
+    code = "archive_unavailable"
+
+
+class EventNotFound(AxonError):
+    """Raised when asking for an event past the task's head (a proof of seq 9 of 5 events)."""
+
+    code = "event_not_found"
+
+
+class TaskNotFinished(AxonError):
+    """Raised when a task's receipt is asked for before the task reached a terminal state."""
+
+    code = "task_not_finished"
+
+
+class ReceiptsUnavailable(AxonError):
+    """Raised when receipts are asked of a server that has no signing key configured."""
+
+    code = "receipts_unavailable"
+
+
+class SigningConflict(AxonError):
+    """Raised instead of signing a second, different root for a tree size already signed."""
+
+    code = "signing_conflict"
+
+
+class CompactionBusy(AxonError):
+    """Raised when another compactor replica holds a task (or committed its compaction first)."""
+
+    code = "compaction_busy"
+
+
+class VerificationFailed(AxonError):
+    """Raised by ``axon verify`` when a receipt, an export or a consistency proof fails a check."""
+
+    code = "verification_failed"
+
+
 class DurabilityUnsupported(AxonError):
     """Raised when strict durability is requested but the server cannot confirm an fsync."""
 
@@ -186,3 +228,51 @@ class RequestTooLarge(AxonError):
     """Raised when a request body is larger than ``Settings.max_body_bytes``."""
 
     code = "request_too_large"
+
+
+class NoteError(AxonError):
+    """Raised when a signed note, or a key for one, is malformed."""
+
+    code = "invalid_note"
+
+
+class InvalidNoteKey(NoteError):
+    """Raised when a note signer or verifier key string is malformed or inconsistent."""
+
+    code = "invalid_note_key"
+
+
+class NoteSignatureInvalid(NoteError):
+    """Raised when a note carries a signature from a trusted key that does not verify."""
+
+    code = "invalid_note_signature"
+
+
+class NoteUnverified(NoteError):
+    """Raised when a well-formed note carries no signature from any trusted key."""
+
+    code = "note_unverified"
+
+
+class InvalidCheckpoint(NoteError):
+    """Raised when a tlog checkpoint body, or a checkpoint origin, is malformed."""
+
+    code = "invalid_checkpoint"
+
+
+class InvalidTlogProof(NoteError):
+    """Raised when a ``c2sp.org/tlog-proof@v1`` proof is malformed."""
+
+    code = "invalid_tlog_proof"
+
+
+class ReceiptKeyExists(AxonError):
+    """Raised when initialising a receipt signing key where one already exists (without force)."""
+
+    code = "receipt_key_exists"
+
+
+class ReceiptKeyInsecure(AxonError):
+    """Raised when the receipt signing key file is accessible by group or others."""
+
+    code = "receipt_key_insecure"

@@ -59,6 +59,27 @@ class KeySpace:
         """Stream holding the task's events; entry id ``<seq>-0``, fields ``k`` and ``e``."""
         return f"{self.prefix}:{{{task_id}}}:events"
 
+    def merkle(self, task_id: str) -> str:
+        """Hash of the task's Merkle tree state: ``size`` (leaves hashed so far) and the
+        latest signed checkpoint (``cp_size``, ``cp_root``, ``cp_note``)."""
+        return f"{self.prefix}:{{{task_id}}}:merkle"
+
+    def tree_chunk(self, task_id: str, chunk: int) -> str:
+        """String of 32-byte stored tree hashes ``chunk * TREE_CHUNK_HASHES ..`` (``axon.tree``)."""
+        return f"{self.prefix}:{{{task_id}}}:tree:{chunk}"
+
+    def snapshot(self, task_id: str) -> str:
+        """String: the task's compaction snapshot (JSON, ``axon.snapshots.Snapshot``)."""
+        return f"{self.prefix}:{{{task_id}}}:snapshot"
+
+    def compact_lock(self, task_id: str) -> str:
+        """String: the compactor replica currently compacting the task (with a TTL)."""
+        return f"{self.prefix}:{{{task_id}}}:compacting"
+
+    def compactor_stats(self) -> str:
+        """Hash of compactor totals: tasks compacted, events archived, bytes freed."""
+        return f"{self.prefix}:compactor:stats"
+
     # -- the queue: every key under one hash tag, so queue scripts are single-slot --
 
     @property
@@ -85,6 +106,10 @@ class KeySpace:
     def dlq(self) -> str:
         """Stream of dead letters: tasks that failed for good, with the reason."""
         return f"{self.queue_tag}:dlq"
+
+    def finished(self) -> str:
+        """Sorted set: task id -> time (ms) its worker let go of it; the compactor's to-do list."""
+        return f"{self.queue_tag}:finished"
 
     def cancel_channel(self) -> str:
         """Pub/Sub channel carrying the ids of tasks whose cancellation was requested."""

@@ -68,9 +68,14 @@ REQUEUE = Script("requeue")
 SCHEDULE_RETRY = Script("schedule_retry")
 PROMOTE_DUE = Script("promote_due")
 UNQUEUE = Script("unqueue")
+RELEASE = Script("release")
+UNFINISHED = Script("unfinished")
+TREE_EXTEND = Script("tree_extend")
+CHECKPOINT_PUT = Script("checkpoint_put")
+COMPACT_COMMIT = Script("compact_commit")
 
 ALL = (
     CREATE, APPEND, CANCEL, HEARTBEAT, ENQUEUE, CLAIM_NEXT, REQUEUE, SCHEDULE_RETRY,
-    PROMOTE_DUE, UNQUEUE,
+    PROMOTE_DUE, UNQUEUE, RELEASE, UNFINISHED, TREE_EXTEND, CHECKPOINT_PUT, COMPACT_COMMIT,
 )  # fmt: skip
 """Every script, for loading them ahead of use (``Store.load_scripts``)."""

@@ -143,8 +143,11 @@ class Queue:
         )
 
     async def release(self, task_id: str) -> None:
-        """Forget an in-flight task (it finished, or it is not ours to track)."""
-        await self.store.call(self.store.redis.zrem(self.keys.inflight(), task_id))
+        """Forget an in-flight task (it finished, or it is not ours to track) and list it
+        for the compactor, in one step on the queue's slot."""
+        await self.store.run_script(
+            lua.RELEASE, [self.keys.inflight(), self.keys.finished()], [task_id, now_ms()]
+        )
 
     async def requeue(self, task_id: str, lane: str, *, front: bool = False) -> bool:
         """Move an in-flight task back into its lane; False if it was not in flight."""

@@ -20,6 +20,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from axon.api import Services, create_app
+from axon.notes import NoteSigner
 from axon.settings import Settings
 from axon.store import Store
 
@@ -72,10 +73,12 @@ def build_server(
     host: str | None = None,
     port: int | None = None,
     store: Store | None = None,
+    signer: NoteSigner | None = None,
     log_level: str = "info",
 ) -> ApiServer:
-    """An ``ApiServer`` for ``settings`` (``host``/``port`` override the settings)."""
-    app = create_app(settings, store=store)
+    """An ``ApiServer`` for ``settings`` (``host``/``port`` override the settings);
+    ``signer`` is the receipt signing key (None: receipts answer 503)."""
+    app = create_app(settings, store=store, signer=signer)
     config = uvicorn.Config(
         app,
         host=host or settings.api_host,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal
 
 import msgspec
@@ -66,6 +67,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         idempotency_ttl_s: how long an ``Idempotency-Key`` is remembered.
         cors_origins: browser origins (``https://app.example``) allowed to call the
             API from another origin; empty (the default) sends no CORS headers.
+        data_dir: local state of ``axon dev``/``serve``/``compactor``: the receipt
+            signing key and, by default, the archive.
+        archive_dir: where the compactor writes archive blobs and servers read them
+            (default ``<data_dir>/archive``); every server and compactor must share it.
+        receipt_key_file: the Ed25519 receipt signing key (default ``<data_dir>/receipt.key``).
+        receipt_trusted_keys: earlier receipt verifier keys still published (key rotation).
+        compact_retention_s: how long a finished task's events stay in Redis before
+            the compactor archives them.
+        compact_tenant_retention: per-tenant overrides of ``compact_retention_s``.
+        compact_interval_s: how often the compactor looks for work.
+        compact_live_max_events / compact_live_keep_events: a running task with more
+            events in Redis than the first has all but its last ``keep`` archived.
+        compact_lock_s: how long one compactor replica may hold a task before another
+            may take over (a replica that died mid-task).
     """
 
     redis_url: str | None = None
@@ -100,6 +115,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     api_key_cache_s: float = 5.0
     idempotency_ttl_s: int = 86_400
     cors_origins: tuple[str, ...] = ()
+    data_dir: str = ".axon"
+    archive_dir: str | None = None
+    receipt_key_file: str | None = None
+    receipt_trusted_keys: tuple[str, ...] = ()
+    compact_retention_s: float = 3600.0
+    compact_tenant_retention: tuple[tuple[str, float], ...] = ()
+    compact_interval_s: float = 30.0
+    compact_live_max_events: int = 100_000
+    compact_live_keep_events: int = 10_000
+    compact_lock_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not self.key_prefix or any(c in self.key_prefix for c in "{} \n"):
@@ -155,6 +180,33 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 )
         if self.api_key_cache_s < 0:
             raise ConfigError("api_key_cache_s must be >= 0 (0 disables the cache)")
+        if not self.data_dir:
+            raise ConfigError("data_dir must not be empty")
+        if self.compact_retention_s < 0 or any(s < 0 for _, s in self.compact_tenant_retention):
+            raise ConfigError("compaction retention must be >= 0 seconds")
+        if not self.compact_interval_s > 0 or not self.compact_lock_s > 0:
+            raise ConfigError("compact_interval_s and compact_lock_s must be positive")
+        if not 0 <= self.compact_live_keep_events < self.compact_live_max_events:
+            raise ConfigError(
+                "compact_live_keep_events must be >= 0 and below compact_live_max_events"
+            )
+
+    def archive_path(self) -> Path:
+        """The archive directory: ``archive_dir``, else ``<data_dir>/archive``."""
+        return Path(self.archive_dir) if self.archive_dir else Path(self.data_dir) / "archive"
+
+    def receipt_key_path(self) -> Path:
+        """The receipt signing key file: ``receipt_key_file``, else ``<data_dir>/receipt.key``."""
+        if self.receipt_key_file:
+            return Path(self.receipt_key_file)
+        return Path(self.data_dir) / "receipt.key"
+
+    def retention_s(self, tenant: str) -> float:
+        """How long a finished task of ``tenant`` keeps its events in Redis."""
+        for name, seconds in self.compact_tenant_retention:
+            if name == tenant:
+                return seconds
+        return self.compact_retention_s
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -197,7 +249,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 raise ConfigError(f"{name} must be one of {', '.join(options)}; got {raw!r}")
             return raw
 
-        lanes = tuple(x.strip() for x in env.get("AXON_LANES", "").split(",") if x.strip())
+        def words(name: str) -> tuple[str, ...]:
+            return tuple(x.strip() for x in env.get(name, "").split(",") if x.strip())
+
+        def retention() -> tuple[tuple[str, float], ...]:
+            pairs = []
+            for item in words("AXON_COMPACT_TENANT_RETENTION"):
+                tenant, _, raw = item.partition("=")
+                try:
+                    pairs.append((tenant.strip(), float(raw)))
+                except ValueError:
+                    raise ConfigError(
+                        "AXON_COMPACT_TENANT_RETENTION must look like 'acme=600,bigco=86400', "
+                        f"got {item!r}"
+                    ) from None
+            return tuple(pairs)
+
+        lanes = words("AXON_LANES")
         durability = env.get("AXON_DURABILITY", "fast") or "fast"
         if durability not in ("fast", "strict"):
             raise ConfigError(f"AXON_DURABILITY must be 'fast' or 'strict', got {durability!r}")
@@ -235,7 +303,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             tail_heal_interval_s=number("AXON_TAIL_HEAL_INTERVAL_S", 10.0),
             api_key_cache_s=number("AXON_API_KEY_CACHE_S", 5.0),
             idempotency_ttl_s=integer("AXON_IDEMPOTENCY_TTL_S", 86_400),
-            cors_origins=tuple(
-                x.strip() for x in env.get("AXON_CORS_ORIGINS", "").split(",") if x.strip()
-            ),
+            cors_origins=words("AXON_CORS_ORIGINS"),
+            data_dir=env.get("AXON_DATA_DIR") or ".axon",
+            archive_dir=env.get("AXON_ARCHIVE_DIR") or None,
+            receipt_key_file=env.get("AXON_RECEIPT_KEY_FILE") or None,
+            receipt_trusted_keys=words("AXON_RECEIPT_TRUSTED_KEYS"),
+            compact_retention_s=number("AXON_COMPACT_RETENTION_S", 3600.0),
+            compact_tenant_retention=retention(),
+            compact_interval_s=number("AXON_COMPACT_INTERVAL_S", 30.0),
+            compact_live_max_events=integer("AXON_COMPACT_LIVE_MAX_EVENTS", 100_000),
+            compact_live_keep_events=integer("AXON_COMPACT_LIVE_KEEP_EVENTS", 10_000),
+            compact_lock_s=number("AXON_COMPACT_LOCK_S", 300.0),
         )

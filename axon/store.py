@@ -25,8 +25,10 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from axon import lua
+from axon.archive import Archive, decode_segment, open_archive
 from axon.chain import ChainHead
 from axon.errors import (
+    ArchiveUnavailable,
     DurabilityTimeout,
     DurabilityUnsupported,
     EventsUnavailable,
@@ -45,6 +47,7 @@ from axon.events import GENESIS_HASH, build_event, encode_data, event_hash, kind
 from axon.keys import KeySpace, check_task_id, new_task_id
 from axon.records import TaskRecord, TaskSpec, TaskState
 from axon.settings import Settings
+from axon.snapshots import Snapshot, decode_snapshot
 
 RedisClient = Redis | RedisCluster
 
@@ -147,11 +150,19 @@ class Store:
     """
 
     def __init__(
-        self, redis: RedisClient, *, settings: Settings, blocking: RedisClient | None = None
+        self,
+        redis: RedisClient,
+        *,
+        settings: Settings,
+        blocking: RedisClient | None = None,
+        archive: Archive | None = None,
     ) -> None:
         self.redis = redis
         self.blocking = blocking if blocking is not None else redis
         self.settings = settings
+        self.archive: Archive = (
+            archive if archive is not None else open_archive(settings.archive_path())
+        )
         self.keys = KeySpace(settings.key_prefix)
         self._cluster = isinstance(redis, RedisCluster)
 
@@ -326,11 +337,15 @@ class Store:
     ) -> list[StoredEvent]:
         """Up to ``limit`` events with seq > ``after_seq``, in order: one range read.
 
-        An empty list means the reader is caught up with the head.
+        An empty list means the reader is caught up with the head. Events the
+        compactor moved out of Redis come from the archive (a page then ends at
+        the end of the archived range; the next page continues from Redis).
 
         Raises:
             TaskNotFound: no such task.
-            EventsUnavailable: events right after ``after_seq`` are gone from Redis.
+            EventsUnavailable: events right after ``after_seq`` are neither in Redis
+                nor in the archive.
+            ArchiveUnavailable: the archive that holds them cannot be read.
         """
         check_task_id(task_id)
         if after_seq < 0 or limit < 1:
@@ -350,6 +365,9 @@ class Store:
                 await self.call(self.redis.xrange(key, min=f"{after_seq + 1}-0", count=limit))
             )
             if not events:
+                archived = await self._read_archived(task_id, after_seq, limit)
+                if archived:
+                    return archived
                 raise EventsUnavailable(
                     f"events after seq {after_seq} of task {task_id} are not in Redis",
                     task_id=task_id,
@@ -357,12 +375,62 @@ class Store:
                     head_seq=head.seq,
                 )
         if events[0].seq != after_seq + 1:
+            archived = await self._read_archived(task_id, after_seq, limit)
+            if archived:
+                return archived
             raise EventsUnavailable(
                 f"events {after_seq + 1}..{events[0].seq - 1} of task {task_id} are not in Redis",
                 task_id=task_id,
                 after_seq=after_seq,
                 first_available=events[0].seq,
             )
+        return events
+
+    async def snapshot(self, task_id: str) -> Snapshot | None:
+        """The task's compaction snapshot, or None if nothing was compacted yet.
+
+        Raises:
+            ArchiveUnavailable: the stored record is not a snapshot (corrupted).
+        """
+        raw = await self.call(self.redis.get(self.keys.snapshot(check_task_id(task_id))))
+        if raw is None:
+            return None
+        try:
+            return decode_snapshot(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise ArchiveUnavailable(
+                f"the snapshot record of task {task_id} is corrupted: {exc}", task_id=task_id
+            ) from None
+
+    async def _read_archived(
+        self, task_id: str, after_seq: int, limit: int
+    ) -> list[StoredEvent] | None:
+        """Events ``after_seq + 1 ..`` from archive segments (at most ``limit``), or None
+        when the snapshot does not cover ``after_seq + 1``."""
+        snapshot = await self.snapshot(task_id)
+        if snapshot is None or after_seq >= snapshot.archived_to:
+            return None
+        events: list[StoredEvent] = []
+        seq = after_seq + 1
+        while len(events) < limit and seq <= snapshot.archived_to:
+            segment = snapshot.segment_for(seq)
+            if segment is None:
+                raise ArchiveUnavailable(
+                    f"the snapshot of task {task_id} lists no segment holding seq {seq}",
+                    task_id=task_id,
+                    seq=seq,
+                )
+            lines = decode_segment(await self.archive.get(segment.ref))
+            if len(lines) != segment.last - segment.first + 1:
+                raise ArchiveUnavailable(
+                    f"archive segment {segment.ref} holds {len(lines)} events, "
+                    f"not {segment.last - segment.first + 1}",
+                    ref=segment.ref,
+                )
+            offset = seq - segment.first
+            take = lines[offset : offset + limit - len(events)]
+            events.extend(StoredEvent(seq + i, raw) for i, raw in enumerate(take))
+            seq += len(take)
         return events
 
     async def read_raw(self, task_id: str, *, after_seq: int = 0, limit: int = 1000) -> list[bytes]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from axon.notes import NoteSigner
 from axon.server import ApiServer, build_server
 from axon.settings import Settings
 
@@ -16,10 +17,12 @@ from axon.settings import Settings
 class LiveServer:
     """``start()`` it, use ``url``, ``drain()`` or ``stop()`` it."""
 
-    def __init__(self, settings: Settings, *, port: int = 0) -> None:
+    def __init__(
+        self, settings: Settings, *, port: int = 0, signer: NoteSigner | None = None
+    ) -> None:
         self.settings = settings
         self.server: ApiServer = build_server(
-            settings, host="127.0.0.1", port=port, log_level="warning"
+            settings, host="127.0.0.1", port=port, signer=signer, log_level="warning"
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()

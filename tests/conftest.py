@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -23,6 +24,7 @@ import pytest
 from axon.apikeys import KeyStore, Role
 from axon.connection import open_store
 from axon.embedded import ServerProcess, redis_binary, valkey_binary
+from axon.notes import NoteSigner
 from axon.settings import Settings
 from axon.store import Store
 from tests import servers
@@ -87,10 +89,14 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 
 _prefixes = itertools.count()
 
+RECEIPT_SIGNER = NoteSigner.generate("axon.test/ci")
+"""The receipt signing key of test API servers (``make_api(receipts=False)`` for none)."""
+
 
 @pytest.fixture
-def make_settings(backend: Backend) -> Callable[..., Settings]:
-    """Factory of settings for ``backend`` with a key prefix unique to this test."""
+def make_settings(backend: Backend, tmp_path: Path) -> Callable[..., Settings]:
+    """Factory of settings for ``backend`` with a key prefix and a data dir (archive,
+    keys) unique to this test."""
     prefix = f"t{os.getpid()}-{next(_prefixes)}"
 
     def create(**overrides: object) -> Settings:
@@ -98,6 +104,7 @@ def make_settings(backend: Backend) -> Callable[..., Settings]:
             "redis_url": backend.url,
             "redis_cluster": backend.cluster,
             "key_prefix": prefix,
+            "data_dir": str(tmp_path / "axon-data"),
         }
         fields.update(overrides)
         return Settings(**fields)  # type: ignore[arg-type]
@@ -120,6 +127,8 @@ class Api(msgspec.Struct, kw_only=True):
     settings: Settings
     admin: str
     """An admin key of tenant ``acme``."""
+    signer: NoteSigner | None = None
+    """The receipt signing key the server uses (None: receipts are off)."""
 
     @property
     def url(self) -> str:
@@ -142,7 +151,7 @@ class Api(msgspec.Struct, kw_only=True):
         """Drain this server and start a new one on the same port and Redis."""
         port = self.server.port
         self.server.drain()
-        self.server = LiveServer(self.settings, port=port).start()
+        self.server = LiveServer(self.settings, port=port, signer=self.signer).start()
 
 
 @pytest.fixture
@@ -153,9 +162,16 @@ async def make_api(
     started: list[Api] = []
     admin, _ = await KeyStore(store).create("acme", Role.ADMIN)
 
-    def create(**overrides: object) -> Api:
+    def create(*, receipts: bool = True, **overrides: object) -> Api:
         settings = make_settings(**overrides)
-        api = Api(server=LiveServer(settings).start(), store=store, settings=settings, admin=admin)
+        signer = RECEIPT_SIGNER if receipts else None
+        api = Api(
+            server=LiveServer(settings, signer=signer).start(),
+            store=store,
+            settings=settings,
+            admin=admin,
+            signer=signer,
+        )
         started.append(api)
         return api
 
