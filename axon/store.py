@@ -338,8 +338,8 @@ class Store:
         """Up to ``limit`` events with seq > ``after_seq``, in order: one range read.
 
         An empty list means the reader is caught up with the head. Events the
-        compactor moved out of Redis come from the archive (a page then ends at
-        the end of the archived range; the next page continues from Redis).
+        compactor moved out of Redis come from the archive, and a page that
+        starts there continues in Redis.
 
         Raises:
             TaskNotFound: no such task.
@@ -431,6 +431,10 @@ class Store:
             take = lines[offset : offset + limit - len(events)]
             events.extend(StoredEvent(seq + i, raw) for i, raw in enumerate(take))
             seq += len(take)
+        if len(events) < limit:  # fill the page from Redis: a short page means "caught up"
+            events += await self.read(
+                task_id, after_seq=snapshot.archived_to, limit=limit - len(events)
+            )
         return events
 
     async def read_raw(self, task_id: str, *, after_seq: int = 0, limit: int = 1000) -> list[bytes]:
