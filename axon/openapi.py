@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from axon._version import __version__
+from axon.receipts import ConsistencyProof
 from axon.wire import CreateTask, ErrorBody, Health, Task, TaskList
 
 _REF = "#/components/schemas/{name}"
@@ -26,12 +27,12 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
         404: "no such task (or another tenant's)",
         406: "unsupported Accept",
         409: "conflict (idempotency key reused with another body, cursor beyond the head, "
-        "a cancel racing constant writes)",
+        "a cancel racing constant writes, a receipt of a task still running)",
         410: "events after the cursor are no longer retained",
         413: "request body too large",
         415: "body is not application/json",
         422: "the body failed validation; details.path is the msgspec path",
-        503: "Redis is unreachable",
+        503: "Redis or the archive is unreachable, or receipts are not configured",
     }
     return {
         str(status): {
@@ -49,6 +50,11 @@ def _json_response(description: str, schema: str) -> dict[str, Any]:
     }
 
 
+_TEXT_RESPONSE = {
+    "description": "the signed text (C2SP formats)",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
+
 _TASK_ID = {
     "name": "task_id",
     "in": "path",
@@ -61,7 +67,7 @@ _TASK_ID = {
 def openapi_document() -> bytes:
     """The document as JSON bytes (built once)."""
     (_, components) = msgspec.json.schema_components(
-        [CreateTask, Task, TaskList, ErrorBody, Health], ref_template=_REF
+        [CreateTask, Task, TaskList, ErrorBody, Health, ConsistencyProof], ref_template=_REF
     )
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     paths: dict[str, Any] = {
@@ -195,6 +201,79 @@ def openapi_document() -> bytes:
                     },
                     **_error_responses(400, 401, 404, 406, 409, 410, 503),
                 },
+            }
+        },
+        "/v1/tasks/{task_id}/checkpoint": {
+            "get": {
+                "summary": "The latest signed checkpoint of the task's log",
+                "description": "A C2SP tlog-checkpoint body (origin <deployment>/<task id>, "
+                "tree size, base64 RFC 6962 root) signed as a C2SP signed-note (Ed25519). "
+                "See docs/receipts.md.",
+                "security": secured,
+                "parameters": [_TASK_ID],
+                "responses": {"200": _TEXT_RESPONSE, **_error_responses(400, 401, 404, 503)},
+            }
+        },
+        "/v1/tasks/{task_id}/events/{seq}/proof": {
+            "get": {
+                "summary": "A C2SP tlog-proof@v1 proving one event is in the signed log",
+                "description": "Its extra line carries the event's exact bytes (base64); "
+                "then the leaf index (seq - 1), the audit path and the signed checkpoint. "
+                "Verify offline with `axon verify`.",
+                "security": secured,
+                "parameters": [
+                    _TASK_ID,
+                    {
+                        "name": "seq",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
+                    },
+                ],
+                "responses": {"200": _TEXT_RESPONSE, **_error_responses(400, 401, 404, 503)},
+            }
+        },
+        "/v1/tasks/{task_id}/receipt": {
+            "get": {
+                "summary": "The proof of a finished task's terminal event (its outcome)",
+                "security": secured,
+                "parameters": [_TASK_ID],
+                "responses": {
+                    "200": _TEXT_RESPONSE,
+                    **_error_responses(400, 401, 404, 409, 503),
+                },
+            }
+        },
+        "/v1/tasks/{task_id}/consistency": {
+            "get": {
+                "summary": "RFC 6962 consistency proof between two sizes of the task's log",
+                "security": secured,
+                "parameters": [
+                    _TASK_ID,
+                    {
+                        "name": "from",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1},
+                        "description": "the older size (default 1)",
+                    },
+                    {
+                        "name": "to",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1},
+                        "description": "the newer size (default: the head)",
+                    },
+                ],
+                "responses": {
+                    "200": _json_response("the proof", "ConsistencyProof"),
+                    **_error_responses(400, 401, 404, 503),
+                },
+            }
+        },
+        "/v1/receipt-key": {
+            "get": {
+                "summary": "Note verifier keys receipts verify with, one per line",
+                "security": secured,
+                "responses": {"200": _TEXT_RESPONSE, **_error_responses(401, 503)},
             }
         },
     }
