@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -70,6 +71,7 @@ def test_dev_runs_the_whole_system_until_sigterm(tmp_path: Path) -> None:
     admin key (saved 0600 in the data dir) that runs a task end to end, and stops it all
     cleanly on SIGTERM."""
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env |= {"AXON_COMPACT_RETENTION_S": "0", "AXON_COMPACT_INTERVAL_S": "0.2"}
     proc = subprocess.Popen(
         [*AXON, "dev", "--data-dir", str(tmp_path), "--port", "0"],
         stdout=subprocess.PIPE,
@@ -99,7 +101,25 @@ def test_dev_runs_the_whole_system_until_sigterm(tmp_path: Path) -> None:
             events = client.get(
                 created.json()["stream_url"], headers={"accept": "text/event-stream"}
             )
-        assert "event: succeeded" in events.text
+            assert "event: succeeded" in events.text
+            # the in-process compactor archives the finished task (retention 0 here) ...
+            archive = tmp_path / "archive"
+            deadline = time.monotonic() + 20
+            while not (archive.exists() and any(p.is_file() for p in archive.rglob("*"))):
+                assert time.monotonic() < deadline, "the dev compactor archived nothing"
+                time.sleep(0.05)
+            # ... and replay and the receipt still work, verified offline
+            replay = client.get(
+                created.json()["stream_url"], headers={"accept": "text/event-stream"}
+            )
+            assert replay.text == events.text
+            receipt = client.get(f"/v1/tasks/{created.json()['id']}/receipt")
+            assert receipt.status_code == 200, receipt.text
+            (tmp_path / "task.tlog-proof").write_text(receipt.text)
+            (tmp_path / "vkey").write_text(client.get("/v1/receipt-key").text)
+        assert (tmp_path / "receipt.key").stat().st_mode & 0o777 == 0o600
+        verified = run("verify", str(tmp_path / "task.tlog-proof"), "--key", str(tmp_path / "vkey"))
+        assert "VERIFIED" in verified.stdout, verified.stdout + verified.stderr
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, err
@@ -197,3 +217,43 @@ def test_dlq_commands_reject_bad_ids(valkey: ServerProcess) -> None:
     missing = run("dlq", "replay", "1-0", env=env)
     assert missing.returncode == 1
     assert "task_not_found" in missing.stderr
+
+
+def test_receipt_key_commands(tmp_path: Path) -> None:
+    """receipt-init writes a 0600 key and prints its verifier key; it refuses to overwrite
+    without --force; receipt-show prints the same verifier key; none needs Redis."""
+    env = {"AXON_DATA_DIR": str(tmp_path / "data")}
+    created = run("keys", "receipt-init", "--origin", "axon.example/prod", env=env)
+    assert created.returncode == 0, created.stderr
+    vkey = created.stdout.strip()
+    assert vkey.startswith("axon.example/prod+")
+    path = tmp_path / "data" / "receipt.key"
+    assert path.stat().st_mode & 0o777 == 0o600
+    secret = path.read_text().strip()
+    assert secret.startswith("PRIVATE+KEY+axon.example/prod+")
+    assert secret not in created.stdout + created.stderr  # the private key is never printed
+    again = run("keys", "receipt-init", env=env)
+    assert again.returncode == 1
+    assert "receipt_key_exists" in again.stderr
+    assert "Traceback" not in again.stderr
+    shown = run("keys", "receipt-show", env=env)
+    assert shown.stdout.strip() == vkey
+    path.chmod(0o644)
+    insecure = run("keys", "receipt-show", env=env)
+    assert insecure.returncode == 1
+    assert "receipt_key_insecure" in insecure.stderr
+    missing = run("keys", "receipt-show", env={"AXON_DATA_DIR": str(tmp_path / "none")})
+    assert missing.returncode == 1
+    assert "receipt-init" in missing.stderr
+
+
+def test_compactor_needs_a_signing_key(tmp_path: Path, valkey: ServerProcess) -> None:
+    """Without a receipt key the compactor refuses to start, saying how to make one;
+    its stats work without one."""
+    env = {"REDIS_URL": valkey.url, "AXON_DATA_DIR": str(tmp_path), "AXON_KEY_PREFIX": "nokey"}
+    refused = run("compactor", "--once", env=env)
+    assert refused.returncode == 2
+    assert "receipt-init" in refused.stderr
+    stats = run("compactor", "stats", env=env)
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["tasks_compacted"] == 0
