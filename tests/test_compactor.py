@@ -266,7 +266,7 @@ async def test_sigkill_at_any_moment_loses_nothing(
     for moment, files in enumerate((1, 6, 12)):
         process = await anyio.open_process(command, env=env)
         with anyio.fail_after(60):
-            while blobs() < files and process.returncode is None:
+            while blobs() < files and process.returncode is None:  # noqa: ASYNC110 - files of another process
                 await anyio.sleep(0.002)
         if process.returncode is None:
             process.send_signal(signal.SIGKILL)
