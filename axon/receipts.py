@@ -29,7 +29,9 @@ from axon.errors import (
     ReceiptsUnavailable,
     SigningConflict,
     TaskNotFinished,
+    TaskNotFound,
 )
+from axon.keys import check_task_id
 from axon.notes import NoteSigner, sign_note
 from axon.records import TERMINAL_STATES
 from axon.store import Store
@@ -96,15 +98,23 @@ class Receipts:
         finished task always answers with the same checkpoint.
         """
         signer = self._signer()
-        head = (await self.store.head(task_id)).seq
-        size = head if size is None else size
+        head, stored = await self._state(task_id)
+        return await self._checkpoint(task_id, signer, head if size is None else size, head, stored)
+
+    async def _checkpoint(
+        self,
+        task_id: str,
+        signer: NoteSigner,
+        size: int,
+        head: int,
+        stored: SignedCheckpoint | None,
+    ) -> SignedCheckpoint:
         if not 1 <= size <= head:
             raise EventNotFound(
                 f"task {task_id} has {head} events; cannot sign a tree of {size}",
                 task_id=task_id,
                 head_seq=head,
             )
-        stored = await self._stored(task_id)
         if stored is not None and stored.size == size and _signed_by(stored.note, signer):
             return stored
         await self.trees.extend_to(task_id, size)
@@ -125,21 +135,31 @@ class Receipts:
             )
         return SignedCheckpoint(size=size, root=root, note=note)
 
-    async def _stored(self, task_id: str) -> SignedCheckpoint | None:
-        size, root, note = await self.store.call(
-            self.store.redis.hmget(
-                self.store.keys.merkle(task_id), ["cp_size", "cp_root", "cp_note"]
-            )
-        )
+    async def _state(self, task_id: str) -> tuple[int, SignedCheckpoint | None]:
+        """The task's head seq and its stored latest checkpoint, in one round trip.
+
+        Raises:
+            TaskNotFound: no such task.
+        """
+        check_task_id(task_id)
+        keys = self.store.keys
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.task(task_id), "head_seq")
+            pipe.hmget(keys.merkle(task_id), ["cp_size", "cp_root", "cp_note"])
+            head, (size, root, note) = await self.store.call(pipe.execute())
+        if head is None:
+            raise TaskNotFound(f"task {task_id} not found", task_id=task_id)
         if size is None or root is None or note is None:
-            return None
-        return SignedCheckpoint(size=int(size), root=base64.b64decode(root), note=_text(note))
+            return int(head), None
+        stored = SignedCheckpoint(size=int(size), root=base64.b64decode(root), note=_text(note))
+        return int(head), stored
 
     async def proof(self, task_id: str, seq: int) -> str:
         """A ``tlog-proof@v1`` file proving event ``seq`` is in the task's signed log."""
         if seq < 1:
             raise InvalidArgument("seq must be at least 1", seq=seq)
-        head = (await self.store.head(task_id)).seq
+        signer = self._signer()
+        head, stored = await self._state(task_id)
         if seq > head:
             raise EventNotFound(
                 f"task {task_id} has {head} events, no seq {seq}",
@@ -147,7 +167,7 @@ class Receipts:
                 seq=seq,
                 head_seq=head,
             )
-        checkpoint = await self.checkpoint(task_id)
+        checkpoint = await self._checkpoint(task_id, signer, head, head, stored)
         path = await self.trees.inclusion(task_id, seq - 1, checkpoint.size)
         raw = (await self.store.read_raw(task_id, after_seq=seq - 1, limit=1))[0]
         return TlogProof(extra=raw, index=seq - 1, path=path, checkpoint=checkpoint.note).encode()
