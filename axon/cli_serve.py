@@ -216,6 +216,9 @@ Axon is running.
   Worker     {worker.worker_id} (adapters: {", ".join(worker.adapters.names())})
   Admin key  {key}
              (tenant "{DEV_TENANT}"; saved in the data dir as dev-key)
+  Receipts   signed with {settings.receipt_key_path()} (docs/receipts.md)
+  Compactor  archives finished tasks after {settings.compact_retention_s:g} s to
+             {settings.archive_path()} (docs/compaction.md)
 
 Try it:
   export AXON_KEY={key}
@@ -223,6 +226,9 @@ Try it:
        -H 'Content-Type: application/json' -d '{{"adapter": "mock", "args": {{"count": 5}}}}'
   curl -N {url}/v1/tasks/<id>/events -H "Authorization: Bearer $AXON_KEY" \\
        -H 'Accept: text/event-stream'
+  curl -s {url}/v1/tasks/<id>/receipt -H "Authorization: Bearer $AXON_KEY" > task.tlog-proof
+  curl -s {url}/v1/receipt-key -H "Authorization: Bearer $AXON_KEY" > axon.vkey
+  axon verify task.tlog-proof --key axon.vkey
 
 Press Ctrl-C to stop.""",
         flush=True,
