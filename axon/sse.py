@@ -27,7 +27,7 @@ import anyio
 import msgspec
 from starlette.types import Receive, Scope, Send
 
-from axon.errors import AxonError, EventsUnavailable, TaskNotFound
+from axon.errors import ArchiveUnavailable, AxonError, EventsUnavailable, TaskNotFound
 from axon.store import Store
 from axon.tailer import Tailer, TaskTail, frame_of
 
@@ -152,7 +152,7 @@ class EventStream:
                         return
                     try:
                         cursor, done = await self._backfill(send, tail, cursor)
-                    except (EventsUnavailable, TaskNotFound) as exc:
+                    except (EventsUnavailable, ArchiveUnavailable, TaskNotFound) as exc:
                         await self._send(
                             send,
                             control_frame("axon.unavailable", exc.code, exc.message, **exc.details),

@@ -331,3 +331,26 @@ async def test_sse_and_ndjson_replay_a_compacted_task(
     snapshot = await api.store.snapshot(writer.task_id)
     assert snapshot is not None
     assert base64.b64decode(snapshot.root) == root.root()
+
+
+@pytest.mark.parametrize("backend", ["valkey"], indirect=True)
+async def test_a_lost_archive_is_reported_not_skipped(make_api: Callable[..., Api]) -> None:
+    """If the archive blobs of a compacted task are gone, SSE says so with an
+    ``axon.unavailable`` frame and NDJSON with 503 ``archive_unavailable``: never a gap."""
+    api = make_api()
+    writer = await task_with_events(api.store, 30)
+    comp = Compactor(api.store, Receipts(api.store, RECEIPT_SIGNER), settings=api.settings)
+    assert await comp.compact_task(writer.task_id, force=True) is not None
+    for blob in [p for p in api.settings.archive_path().rglob("*") if p.is_file()]:
+        blob.unlink()
+    stream = await RawStream.open(api.port, f"/v1/tasks/{writer.task_id}/events", key=api.admin)
+    frames = await stream.frames()
+    assert [f for f in frames if f.id is not None] == []
+    assert frames[-1].event == "axon.unavailable"
+    assert json.loads(frames[-1].data or b"{}")["code"] == "archive_unavailable"
+    async with httpx.AsyncClient(base_url=api.url, headers=api.headers(), timeout=10) as http:
+        reply = await http.get(
+            f"/v1/tasks/{writer.task_id}/events", headers={"accept": "application/x-ndjson"}
+        )
+    assert reply.status_code == 503
+    assert reply.json()["error"]["code"] == "archive_unavailable"
