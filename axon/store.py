@@ -429,6 +429,10 @@ class Store:
                 )
             offset = seq - segment.first
             take = lines[offset : offset + limit - len(events)]
+            if not take:  # a segment shorter than its snapshot entry says (checked above)
+                raise ArchiveUnavailable(
+                    f"archive segment {segment.ref} does not hold seq {seq}", ref=segment.ref
+                )
             events.extend(StoredEvent(seq + i, raw) for i, raw in enumerate(take))
             seq += len(take)
         if len(events) < limit:  # fill the page from Redis: a short page means "caught up"

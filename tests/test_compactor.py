@@ -11,8 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import anyio.from_thread
+import anyio.to_thread
 import httpx
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from axon import merkle
 from axon.archive import decode_segment
@@ -354,3 +359,55 @@ async def test_a_lost_archive_is_reported_not_skipped(make_api: Callable[..., Ap
         )
     assert reply.status_code == 503
     assert reply.json()["error"]["code"] == "archive_unavailable"
+
+
+@pytest.mark.parametrize("backend", ["valkey"], indirect=True)
+async def test_any_interleaving_of_appends_compactions_and_reads(
+    make_settings: Callable[..., Settings], store: Store
+) -> None:
+    """Property: whatever the order of appends, compactions and reads from any cursor,
+    every read returns exactly the events after its cursor, in order, and every proof
+    verifies against the export."""
+    settings = make_settings(compact_live_max_events=30, compact_live_keep_events=5)
+    comp = compactor(store, settings)
+    receipts = Receipts(store, SIGNER)
+
+    @given(
+        st.lists(
+            st.one_of(
+                st.tuples(st.just("append"), st.integers(1, 120)),
+                st.tuples(st.just("compact"), st.just(0)),
+                st.tuples(st.just("read"), st.floats(0, 1)),
+                st.tuples(st.just("proof"), st.floats(0, 1)),
+            ),
+            min_size=1,
+            max_size=12,
+        )
+    )
+    @hypothesis_settings(
+        max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    def run(steps: list[tuple[str, float]]) -> None:
+        async def scenario() -> None:
+            writer = await task_with_events(store, 3, finish=False)
+            expected = await every_event(store, writer.task_id)
+            for op, arg in steps:
+                if op == "append":
+                    await writer.emit_many([("step", {"n": i}) for i in range(int(arg))])
+                    expected = await every_event(store, writer.task_id)
+                elif op == "compact":
+                    await comp.compact_task(writer.task_id)
+                elif op == "read":
+                    cursor = int(arg * len(expected))
+                    page = await store.read(writer.task_id, after_seq=cursor, limit=50)
+                    assert [e.raw for e in page] == expected[cursor : cursor + 50]
+                else:
+                    seq = max(1, int(arg * len(expected)))
+                    proof = await receipts.proof(writer.task_id, seq)
+                    verify_receipt(proof, KEYS, events=iter(expected))
+            assert await every_event(store, writer.task_id) == expected
+            verify_chain(expected, task=writer.task_id)
+
+        anyio.from_thread.run(scenario)
+
+    await anyio.to_thread.run_sync(run)

@@ -15,14 +15,21 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import anyio
 import httpx
+import msgspec
 import pytest
 
 from axon import merkle
-from axon.errors import EventNotFound, ReceiptsUnavailable, SigningConflict, TaskNotFinished
+from axon.errors import (
+    EventNotFound,
+    ReceiptsUnavailable,
+    SigningConflict,
+    TaskNotFinished,
+    VerificationFailed,
+)
 from axon.notes import NoteSigner, NoteVerifier, open_note
 from axon.queue import Queue
 from axon.receipts import Receipts
@@ -376,3 +383,40 @@ async def test_axon_verify_command(make_api: Callable[..., Api], tmp_path: Path)
     usage = await verify(str(tmp_path / "missing"), "--key", str(tmp_path / "vkey"))
     assert usage.returncode == 2
     assert "Traceback" not in usage.stderr
+
+
+async def test_verify_names_what_failed(store: Store) -> None:
+    """``verify_receipt`` refuses, naming the check: a previous checkpoint of another
+    task, a larger one, a forged consistency proof, a missing one, and an export that
+    stops short of the checkpoint."""
+    first = await task_with_events(store, 4)
+    other = await task_with_events(store, 4)
+    receipts = Receipts(store, SIGNER)
+    old = await receipts.checkpoint(first.task_id)
+    foreign = await receipts.checkpoint(other.task_id)
+    early = await receipts.proof(first.task_id, 2)
+    await first.emit_many([("step", {"i": i}) for i in range(10)])
+    proof = await receipts.proof(first.task_id, 14)
+    consistency = await receipts.consistency(first.task_id, 4, 14)
+    newer_small = await receipts.proof(first.task_id, 2)
+
+    def failure(**kwargs: Any) -> str:
+        with pytest.raises(VerificationFailed) as caught:
+            verify_receipt(kwargs.pop("receipt", proof), KEYS, **kwargs)
+        return caught.value.message
+
+    assert "is of " in failure(previous=foreign.note, consistency=b"{}")
+    assert "give --consistency" in failure(previous=old.note)
+    forged = msgspec.json.encode(
+        msgspec.structs.replace(consistency, proof=[base64.b64encode(b"\x00" * 32).decode()])
+    )
+    assert failure(previous=old.note, consistency=forged).startswith("consistency proof:")
+    later = (await receipts.checkpoint(first.task_id)).note
+    assert "larger than" in failure(receipt=early, previous=later)
+    raws = await all_raw(store, first.task_id)
+    assert "the export holds 13 events" in failure(events=iter(raws[:13]))
+    good = msgspec.json.encode(consistency)
+    assert any(
+        line.startswith("consistency:")
+        for line in verify_receipt(newer_small, KEYS, previous=old.note, consistency=good)
+    )
