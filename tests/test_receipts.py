@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -420,3 +421,54 @@ async def test_verify_names_what_failed(store: Store) -> None:
         line.startswith("consistency:")
         for line in verify_receipt(newer_small, KEYS, previous=old.note, consistency=good)
     )
+
+
+GOCODE = Path("/usr/share/gocode/src/golang.org/x/mod/sumdb")
+GO_READY = shutil.which("go") is not None and GOCODE.is_dir()
+
+
+@pytest.mark.parametrize("backend", ["valkey"], indirect=True)
+async def test_go_sumdb_packages_accept_receipts_unchanged(
+    make_api: Callable[..., Api], tmp_path: Path
+) -> None:
+    """The Go team's ``sumdb/note`` and ``sumdb/tlog`` (Debian's golang-golang-x-mod-dev,
+    installed by ``make test``) accept a receipt, its checkpoint and a consistency proof
+    from the API unchanged, and reject a tampered receipt."""
+    if not GO_READY:
+        pytest.skip("Go and golang-golang-x-mod-dev are not installed (make verifiers)")
+    binary = tmp_path / "receiptcheck"
+    env = {
+        **os.environ,
+        "GO111MODULE": "off",
+        "GOPATH": "/usr/share/gocode",
+        "GOCACHE": str(tmp_path / "gocache"),
+        "GOFLAGS": "",
+    }
+    source = Path(__file__).parent / "go" / "receiptcheck.go"
+    with anyio.fail_after(120):
+        await anyio.run_process(["go", "build", "-o", str(binary), str(source)], env=env)
+    api = make_api()
+    writer = await task_with_events(api.store, 5)
+    async with httpx.AsyncClient(base_url=api.url, headers=api.headers(), timeout=10) as http:
+        base = f"/v1/tasks/{writer.task_id}"
+        (tmp_path / "old").write_text((await http.get(f"{base}/checkpoint")).text)
+        await writer.emit_many([("step", {"i": i}) for i in range(40)])
+        await writer.finish(TaskState.SUCCEEDED)
+        (tmp_path / "receipt").write_text((await http.get(f"{base}/receipt")).text)
+        consistency = await http.get(f"{base}/consistency", params={"from": 5})
+        (tmp_path / "consistency.json").write_bytes(consistency.content)
+        (tmp_path / "vkey").write_text((await http.get("/v1/receipt-key")).text)
+    files = [str(tmp_path / name) for name in ("vkey", "receipt", "old", "consistency.json")]
+    done = await anyio.run_process([str(binary), *files], check=False)
+    out = done.stdout.decode()
+    assert done.returncode == 0, out
+    assert "(sumdb/note)" in out
+    assert "record 45 is in" in out
+    assert "tree 46 extends tree 5" in out
+    receipt = (tmp_path / "receipt").read_text()
+    lines = receipt.split("\n")
+    lines[4] = base64.b64encode(b"\x07" * 32).decode()  # one audit path hash
+    (tmp_path / "receipt").write_text("\n".join(lines))
+    tampered = await anyio.run_process([str(binary), *files[:2]], check=False)
+    assert tampered.returncode == 1
+    assert "tlog.CheckRecord" in tampered.stdout.decode()
