@@ -3,7 +3,10 @@
 from axon._version import __version__
 from axon.adapters.python import Retry, task
 from axon.chain import GENESIS, ChainHead, ChainVerifier, verify_chain
+from axon.client import Client, SyncClient
+from axon.client_events import TaskEvent
 from axon.errors import (
+    ApiError,
     AppendRejected,
     AxonError,
     ChainBroken,
@@ -18,6 +21,7 @@ from axon.errors import (
     InvalidEvent,
     InvalidTaskId,
     InvalidTaskSpec,
+    ServerUnreachable,
     StaleHead,
     StoreUnavailable,
     TaskExists,
@@ -33,11 +37,13 @@ from axon.writer import EventWriter, WriterStatistics
 __all__ = [
     "GENESIS",
     "GENESIS_HASH",
+    "ApiError",
     "AppendRejected",
     "AxonError",
     "ChainBroken",
     "ChainHead",
     "ChainVerifier",
+    "Client",
     "ConfigError",
     "DurabilityTimeout",
     "DurabilityUnsupported",
@@ -52,11 +58,14 @@ __all__ = [
     "InvalidTaskId",
     "InvalidTaskSpec",
     "Retry",
+    "ServerUnreachable",
     "Settings",
     "StaleHead",
     "Store",
     "StoreUnavailable",
     "StoredEvent",
+    "SyncClient",
+    "TaskEvent",
     "TaskExists",
     "TaskNotFound",
     "TaskRecord",

@@ -276,3 +276,25 @@ class ReceiptKeyInsecure(AxonError):
     """Raised when the receipt signing key file is accessible by group or others."""
 
     code = "receipt_key_insecure"
+
+
+class ServerUnreachable(AxonError):
+    """Raised by ``axon.Client`` when the API server cannot be reached or stops answering."""
+
+    code = "server_unreachable"
+
+
+class ApiError(AxonError):
+    """Raised by ``axon.Client`` for an API error with no class of its own here.
+
+    ``status`` is the HTTP status and ``error_code`` the error body's ``code``
+    (``validation_error``, ``not_acceptable``, …, or ``invalid_response`` when
+    the server's answer could not be understood).
+    """
+
+    code = "api_error"
+
+    def __init__(self, message: str, *, status: int, error_code: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.status = status
+        self.error_code = error_code
