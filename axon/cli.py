@@ -6,7 +6,9 @@ Commands:
     axon serve          run the HTTP API server (see ``axon.cli_serve``)
     axon dev            run everything (embedded Valkey, API, worker) until Ctrl-C
     axon worker         claim and run tasks (see ``axon.cli_tasks`` for the task commands)
-    axon submit|task|cancel|dlq   create, inspect, cancel tasks; dead letters
+    axon submit|task|cancel|dlq   create, inspect, cancel tasks in Redis; dead letters
+    axon start|logs|status|ls|cancel|export|receipt   the same through the HTTP API
+                        (``axon.cli_client``; AXON_URL, AXON_API_KEY)
     axon keys create|list|revoke  manage API keys (see ``axon.cli_keys``)
     axon keys receipt-init|receipt-show   the receipt signing key
     axon compactor      archive old events into signed snapshots (``axon.cli_compactor``)
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import anyio
 
-from axon import cli_compactor, cli_keys, cli_serve, cli_tasks, cli_verify
+from axon import cli_client, cli_compactor, cli_keys, cli_serve, cli_tasks, cli_verify
 from axon._version import __version__
 from axon.connection import open_store
 from axon.embedded import ServerProcess, valkey_binary
@@ -48,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     cli_serve.add_commands(commands)
     cli_tasks.add_commands(commands)
+    cli_client.add_commands(commands)
     cli_keys.add_commands(commands)
     cli_compactor.add_commands(commands)
     cli_verify.add_commands(commands)
@@ -59,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in cli_verify.COMMANDS:  # offline: needs no settings at all
         return cli_verify.run(args)
+    if args.command in cli_client.COMMANDS or (
+        args.command == "cancel" and cli_client.wants_api(args)
+    ):  # through the HTTP API: AXON_URL and AXON_API_KEY, no Redis settings
+        return cli_client.run(args)
     try:
         settings = Settings.from_env()
         if args.command == "doctor":

@@ -221,13 +221,14 @@ Axon is running.
              {settings.archive_path()} (docs/compaction.md)
 
 Try it:
-  export AXON_KEY={key}
-  curl -s -X POST {url}/v1/tasks -H "Authorization: Bearer $AXON_KEY" \\
+  export AXON_API_KEY={key}
+  curl -s -X POST {url}/v1/tasks -H "Authorization: Bearer $AXON_API_KEY" \\
        -H 'Content-Type: application/json' -d '{{"adapter": "mock", "args": {{"count": 5}}}}'
-  curl -N {url}/v1/tasks/<id>/events -H "Authorization: Bearer $AXON_KEY" \\
+  curl -N {url}/v1/tasks/<id>/events -H "Authorization: Bearer $AXON_API_KEY" \\
        -H 'Accept: text/event-stream'
-  curl -s {url}/v1/tasks/<id>/receipt -H "Authorization: Bearer $AXON_KEY" > task.tlog-proof
-  curl -s {url}/v1/receipt-key -H "Authorization: Bearer $AXON_KEY" > axon.vkey
+  axon start mock --arg count=5 --follow       # the same from the CLI (AXON_API_KEY)
+  curl -s {url}/v1/tasks/<id>/receipt -H "Authorization: Bearer $AXON_API_KEY" > task.tlog-proof
+  curl -s {url}/v1/receipt-key -H "Authorization: Bearer $AXON_API_KEY" > axon.vkey
   axon verify task.tlog-proof --key axon.vkey
 
 Press Ctrl-C to stop.""",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from axon import cli_client
 from axon.connection import open_store
 from axon.errors import AxonError, ConfigError
 from axon.queue import Queue
@@ -62,8 +64,14 @@ def add_commands(commands: Any) -> None:
     show = commands.add_parser("task", help="show a task's record")
     show.add_argument("task_id")
 
-    cancel = commands.add_parser("cancel", help="cancel a task (queued: at once; running: stop it)")
+    cancel = commands.add_parser(
+        "cancel",
+        help="cancel a task (queued: at once; running: stop it)",
+        description="Cancel a task. With an API key (--key or AXON_API_KEY) through the API "
+        "at --url/AXON_URL; otherwise directly in the Redis at REDIS_URL.",
+    )
     cancel.add_argument("task_id")
+    cli_client.add_cancel_options(cancel)
 
     dlq = commands.add_parser("dlq", help="dead letters: tasks that failed for good")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
@@ -120,6 +128,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _worker(queue: Queue, args: argparse.Namespace) -> int:
+    # Like `python -m` and uvicorn: modules in the current directory are importable
+    # (the `axon` console script otherwise only sees installed packages).
+    if args.imports and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for module in args.imports:
         try:
             importlib.import_module(module)

@@ -31,6 +31,9 @@ DEFAULT_MAX_EVENT_BYTES = 1 << 20
 KIND_PATTERN = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
 """Kinds are short lowercase words: safe as an SSE ``event:`` field and as a metric label."""
 
+CONTROL_PREFIX = "axon."
+"""Kinds of SSE control frames start with this; no event may, so clients cannot mistake one."""
+
 TERMINAL_KINDS = frozenset({"succeeded", "failed", "canceled", "timed_out"})
 """Kinds that end a task; each one is written only together with its terminal state."""
 
@@ -75,6 +78,12 @@ def check_kind(kind: str) -> str:
             f"invalid event kind {kind!r}: use 1-64 characters of a-z, 0-9, '_', '.', '-', "
             "starting with a letter",
             kind=str(kind)[:80],
+        )
+    if kind.startswith(CONTROL_PREFIX):
+        raise InvalidEvent(
+            f"invalid event kind {kind!r}: kinds starting with {CONTROL_PREFIX!r} are reserved "
+            "for SSE control frames (axon.lagged, axon.reconnect, axon.unavailable)",
+            kind=kind,
         )
     return kind
 

@@ -36,7 +36,7 @@ async def test_fetch_example_follows_a_task_across_a_server_restart(
     for i in range(5):
         await writer.emit("step", {"i": i, "text": "héllo\u2028"})
     services = api.server.server.app.state.services
-    env = {**os.environ, "AXON_KEY": api.admin}
+    env = {**os.environ, "AXON_API_KEY": api.admin}
     with anyio.fail_after(30):
         process = await anyio.open_process(
             [NODE, str(EXAMPLE), api.url, writer.task_id],

@@ -19,3 +19,13 @@ async def pid_ticker(ctx: Any, interval_ms: int = 20, count: int | None = None) 
         i += 1
         await anyio.sleep(interval_ms / 1000)
     return {"pid": os.getpid(), "ticks": i}
+
+
+@axon.task("test.progress")
+async def progress_steps(ctx: Any, steps: int = 4, interval_ms: int = 50) -> dict[str, int]:
+    """Report progress in ``steps`` steps, print a line like a command would, then finish."""
+    for i in range(1, steps + 1):
+        await anyio.sleep(interval_ms / 1000)
+        await ctx.progress(i / steps, f"step {i} of {steps}")
+    await ctx.emit("stdout", {"line": "all steps done"})
+    return {"steps": steps}

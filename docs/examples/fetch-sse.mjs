@@ -3,7 +3,7 @@
 //
 //   for await (const { id, event, data } of followTask(baseUrl, apiKey, taskId)) { ... }
 //
-// CLI: AXON_KEY=<api key> node docs/examples/fetch-sse.mjs <baseUrl> <taskId>
+// CLI: AXON_API_KEY=<api key> node docs/examples/fetch-sse.mjs <baseUrl> <taskId>
 // prints each event's bytes (the SSE data line), one line per event, and exits 0 after
 // the terminal event. See docs/sse.md.
 
@@ -112,9 +112,9 @@ async function httpError(response) {
 }
 
 async function main([baseUrl, taskId]) {
-  const apiKey = process.env.AXON_KEY;
+  const apiKey = process.env.AXON_API_KEY;
   if (!baseUrl || !taskId || !apiKey) {
-    console.error("usage: AXON_KEY=<api key> node fetch-sse.mjs <baseUrl> <taskId>");
+    console.error("usage: AXON_API_KEY=<api key> node fetch-sse.mjs <baseUrl> <taskId>");
     return 2;
   }
   try {
