@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -212,3 +213,30 @@ async def test_progress_renders_as_a_bar_on_a_terminal(
     code, out, err = await cli("logs", task_id)  # not a terminal: plain lines
     assert "progress 50% step 2 of 4" in err
     assert "all steps done" in out
+
+
+async def test_ctrl_c_stops_logs_follow_cleanly(
+    make_api: Callable[..., Api], worker: Worker
+) -> None:
+    """Ctrl-C (SIGINT) during `logs -f` of a task that never ends exits 130 with one line,
+    no traceback."""
+    api = make_api()
+    cli = Cli(api, api.admin)
+    code, out, _ = await cli("start", "mock", "--json", '{"forever": true, "interval_ms": 50}')
+    task_id = out.strip()
+    process = await anyio.open_process([*AXON, "logs", task_id, "-f"], env=cli.env)
+    assert process.stderr is not None
+    seen = b""
+    with anyio.fail_after(30):
+        async for chunk in process.stderr:  # wait until it is following: a tick arrived
+            seen += chunk
+            if b" tick " in seen:
+                break
+        process.send_signal(signal.SIGINT)
+        async for chunk in process.stderr:
+            seen += chunk
+        code = await process.wait()
+    assert code == 130, seen.decode(errors="replace")
+    assert b"Traceback" not in seen
+    assert b"axon: interrupted" in seen
+    await cli("cancel", task_id)
