@@ -498,11 +498,12 @@ class Compactor:
         return refs
 
     async def _memory(self, keys: list[str]) -> int:
-        total = 0
-        for key in keys:
-            used = await self.store.call(self.store.redis.memory_usage(key, samples=0))
-            total += int(used or 0)
-        return total
+        """Bytes Redis uses for ``keys`` (one task's: one slot, one pipelined round trip)."""
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.memory_usage(key, samples=0)
+            used = await self.store.call(pipe.execute())
+        return sum(int(u or 0) for u in used)
 
     async def _count(self, *, events: int, nbytes: int, freed: int) -> None:
         key = self.keys.compactor_stats()
