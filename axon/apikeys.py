@@ -27,13 +27,12 @@ import hmac
 import re
 import secrets
 import time
-from typing import Any
 
 import msgspec
 from redis.typing import EncodableT
 
 from axon.errors import InvalidArgument, KeyNotFound, Unauthenticated
-from axon.store import TENANT_PATTERN, Store, now_ms
+from axon.store import TENANT_PATTERN, Store, now_ms, text_of
 
 KEY_PREFIX = "axon_"
 KEY_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
@@ -211,7 +210,7 @@ class KeyStore:
         """
         redis = self.store.redis
         ids = sorted(
-            _text(i) for i in await self.store.call(redis.smembers(self.store.keys.api_keys()))
+            text_of(i) for i in await self.store.call(redis.smembers(self.store.keys.api_keys()))
         )
         if not ids:
             return []
@@ -305,10 +304,6 @@ class KeyStore:
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _info(key_id: str, fields: dict[bytes, bytes]) -> ApiKeyInfo | None:

@@ -44,7 +44,7 @@ from axon.errors import (
 from axon.keys import TASK_ID_PATTERN, new_task_id
 from axon.queue import Queue
 from axon.records import TaskRecord, TaskSpec, TaskState
-from axon.store import TENANT_PATTERN, now_ms
+from axon.store import TENANT_PATTERN, now_ms, text_of
 
 MAX_PAGE = 200
 """Largest ``limit`` a listing accepts."""
@@ -162,7 +162,7 @@ class TaskCatalog:
             value = await self.store.call(self.store.redis.get(key))
             if value is None:
                 return None
-            stored_digest, _, task_id = _text(value).rpartition(" ")
+            stored_digest, _, task_id = text_of(value).rpartition(" ")
             if stored_digest != body_digest:
                 raise IdempotencyConflict(
                     "this Idempotency-Key was already used with a different request body"
@@ -303,7 +303,7 @@ class TaskCatalog:
                     index, "+" if last is None else f"({last}", "-", start=0, num=size + 1
                 )
             )
-            ids = [_text(row) for row in rows]
+            ids = [text_of(row) for row in rows]
             more = len(ids) > size  # one id past this batch tells whether the index goes on
             batch = ids[:size]
             orphans = []
@@ -384,7 +384,3 @@ def _id_ms(task_id: str) -> int | None:
             return None
         value = value * 32 + digit
     return value
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

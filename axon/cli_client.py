@@ -53,18 +53,17 @@ COMMANDS = frozenset({"start", "logs", "status", "ls", "export", "receipt"})
 EXIT_INTERRUPTED = 130
 
 
-def _server_options() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--url", help=f"the Axon API (default: AXON_URL or {DEFAULT_URL})")
-    parent.add_argument(
+def _add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--url", help=f"the Axon API (default: AXON_URL or {DEFAULT_URL})")
+    parser.add_argument(
         "--key", help="API key (default: AXON_API_KEY; prefer the variable: flags show in `ps`)"
     )
-    return parent
+    return parser
 
 
 def add_commands(commands: Any) -> None:
     """Register the user-facing commands on the ``axon`` subparsers."""
-    server = _server_options()
+    server = _add_server_args(argparse.ArgumentParser(add_help=False))
     start = commands.add_parser(
         "start",
         parents=[server],
@@ -139,9 +138,7 @@ def add_commands(commands: Any) -> None:
 
 def add_cancel_options(cancel: argparse.ArgumentParser) -> None:
     """``axon cancel`` goes through the API when it has a key (``--key``/``AXON_API_KEY``)."""
-    for action in _server_options()._actions:
-        if action.option_strings:
-            cancel.add_argument(*action.option_strings, help=action.help)
+    _add_server_args(cancel)
 
 
 def wants_api(args: argparse.Namespace) -> bool:

@@ -59,7 +59,7 @@ from axon.snapshots import (
     Summary,
     encode_snapshot,
 )
-from axon.store import Store, now_ms
+from axon.store import Store, now_ms, text_of
 from axon.tree import TREE_CHUNK_HASHES, TaskTrees, chunk_of
 
 _log = logging.getLogger("axon.compactor")
@@ -171,7 +171,7 @@ class Compactor:
     async def statistics(self) -> CompactorStats:
         """Totals across replicas: tasks compacted, events archived, Redis memory freed."""
         raw = await self.store.call(self.store.redis.hgetall(self.keys.compactor_stats()))
-        totals = {_text(k): int(v) for k, v in raw.items()}
+        totals = {text_of(k): int(v) for k, v in raw.items()}
         return CompactorStats(
             tasks_compacted=totals.get("tasks_compacted", 0),
             events_archived=totals.get("events_archived", 0),
@@ -194,7 +194,7 @@ class Compactor:
             cursor = 0
             while True:
                 cursor, rows = await self.store.call(redis.zscan(index, cursor, count=page))
-                ids = [_text(member) for member, _ in rows]
+                ids = [text_of(member) for member, _ in rows]
                 if ids:
                     listed += await self._list_finished(ids)
                 if int(cursor) == 0:
@@ -210,7 +210,7 @@ class Compactor:
             rows = await self.store.call(pipe.execute())
         due: dict[str, int] = {}
         for task_id, (state, head, archived, finished) in zip(ids, rows, strict=True):
-            if state is None or _text(state) not in TERMINAL_STATES:
+            if state is None or text_of(state) not in TERMINAL_STATES:
                 continue
             if int(archived or 0) < int(head or 0):
                 due[task_id] = int(finished or 0)
@@ -232,11 +232,11 @@ class Compactor:
                 self.keys.finished(), "-inf", cutoff, start=0, num=limit, withscores=True
             )
         )
-        return [(_text(member), int(score)) for member, score in rows]
+        return [(text_of(member), int(score)) for member, score in rows]
 
     async def _long_running(self, limit: int) -> list[str]:
         ids = [
-            _text(m)
+            text_of(m)
             for m in await self.store.call(
                 self.store.redis.zrange(self.keys.inflight(), 0, limit - 1)
             )
@@ -329,7 +329,7 @@ class Compactor:
             # The commit script deletes the lock; after a failure, free it if still ours.
             with anyio.CancelScope(shield=True):
                 try:
-                    if _text(await self.store.redis.get(lock) or b"") == token:
+                    if text_of(await self.store.redis.get(lock) or b"") == token:
                         await self.store.redis.delete(lock)
                 except Exception:  # the lock's TTL frees it anyway
                     _log.debug("could not release compaction lock of %s", task_id)
@@ -406,7 +406,7 @@ class Compactor:
             ],
             [token, archived_to, target, encode_snapshot(snapshot), "1" if drop_stream else "0"],
         )
-        status = _text(reply[0])
+        status = text_of(reply[0])
         if status != "ok":  # our lock expired, or another replica committed first
             raise CompactionBusy(
                 f"task {task_id} was compacted by another replica meanwhile ({status})",
@@ -513,7 +513,3 @@ class Compactor:
             pipe.hincrby(key, "bytes_archived", nbytes)
             pipe.hincrby(key, "redis_bytes_freed", freed)
             await self.store.call(pipe.execute())
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import Any
 
 import msgspec
 
@@ -32,9 +31,9 @@ from axon.errors import (
     TaskNotFound,
 )
 from axon.keys import check_task_id
-from axon.notes import NoteSigner, sign_note
+from axon.notes import NoteSigner, sign_note, split_note
 from axon.records import TERMINAL_STATES
-from axon.store import Store
+from axon.store import Store, text_of
 from axon.tlogproof import TlogProof
 from axon.tree import TaskTrees
 
@@ -125,11 +124,11 @@ class Receipts:
         reply = await self.store.run_script(
             lua.CHECKPOINT_PUT, [self.store.keys.merkle(task_id)], [size, root_b64, note]
         )
-        status = _text(reply[0])
+        status = text_of(reply[0])
         if status == "conflict":
             raise SigningConflict(
                 f"refusing to sign task {task_id} at size {size} with root {root_b64}: "
-                f"that size was signed with root {_text(reply[1])}",
+                f"that size was signed with root {text_of(reply[1])}",
                 task_id=task_id,
                 size=size,
             )
@@ -151,7 +150,7 @@ class Receipts:
             raise TaskNotFound(f"task {task_id} not found", task_id=task_id)
         if size is None or root is None or note is None:
             return int(head), None
-        stored = SignedCheckpoint(size=int(size), root=base64.b64decode(root), note=_text(note))
+        stored = SignedCheckpoint(size=int(size), root=base64.b64decode(root), note=text_of(note))
         return int(head), stored
 
     async def proof(self, task_id: str, seq: int) -> str:
@@ -218,18 +217,6 @@ class Receipts:
 
 
 def _signed_by(note: str, signer: NoteSigner) -> bool:
-    """Whether ``note`` carries a signature line of ``signer``'s name and key id."""
-    prefix = f"\u2014 {signer.name} "
-    key_id = signer.key_id.to_bytes(4, "big")
-    for line in note.split("\n"):
-        if line.startswith(prefix):
-            try:
-                if base64.b64decode(line[len(prefix) :])[:4] == key_id:
-                    return True
-            except ValueError:
-                continue
-    return False
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """Whether ``note`` carries a signature of ``signer``'s name and key id."""
+    _, signatures = split_note(note)
+    return any(s.name == signer.name and s.key_id == signer.key_id for s in signatures)

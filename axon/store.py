@@ -134,7 +134,8 @@ def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-def _text(value: Any) -> str:
+def text_of(value: Any) -> str:
+    """A Redis reply value as text (clients keep replies as bytes for the event bytes)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -215,7 +216,7 @@ class Store:
         keys = [self.keys.task(task_id), self.keys.events(task_id)]
         digest = event_hash(raw)
         reply = await self.run_script(lua.CREATE, keys, ["queued", raw, digest, ts, *fields])
-        if _text(reply[0]) == "exists":
+        if text_of(reply[0]) == "exists":
             raise TaskExists(f"task {task_id} already exists", task_id=task_id)
         # The script wrote exactly these fields; build the record here rather than
         # spend a round trip reading it back.
@@ -259,7 +260,7 @@ class Store:
         )
         if seq is None:
             raise TaskNotFound(f"task {task_id} not found", task_id=task_id)
-        return ChainHead(seq=int(seq), hash=_text(digest))
+        return ChainHead(seq=int(seq), hash=text_of(digest))
 
     async def request_cancel(self, task_id: str) -> TaskState:
         """Raise the task's cancel flag and return the state it had.
@@ -270,13 +271,13 @@ class Store:
         """
         check_task_id(task_id)
         reply = await self.run_script(lua.CANCEL, [self.keys.task(task_id)], [now_ms()])
-        status = _text(reply[0])
+        status = text_of(reply[0])
         if status == "not_found":
             raise TaskNotFound(f"task {task_id} not found", task_id=task_id)
         if status == "terminal":
-            state = _text(reply[1])
+            state = text_of(reply[1])
             raise TaskTerminal(f"task {task_id} already {state}", task_id=task_id, state=state)
-        return TaskState(_text(reply[1]))
+        return TaskState(text_of(reply[1]))
 
     # -- appending ----------------------------------------------------------
 
@@ -325,7 +326,7 @@ class Store:
             args += [kind, raw]
         keys = [self.keys.task(task_id), self.keys.events(task_id)]
         reply = await self.run_script(lua.APPEND, keys, args)
-        status = _text(reply[0])
+        status = text_of(reply[0])
         if status == "ok":
             return ChainHead(seq=int(reply[1]), hash=new_hash)
         raise _append_error(task_id, status, reply, epoch=epoch, expected=expected)
@@ -554,7 +555,7 @@ class Store:
                 f"strict durability needs WAITAOF and appendonly enabled: {waited} "
                 "(the events were appended but their fsync is unconfirmed)",
                 server_error=str(waited),
-                appended=_text(reply[0]) == "ok",
+                appended=text_of(reply[0]) == "ok",
             )
         local, replicas = int(waited[0]), int(waited[1])
         if local < 1 or replicas < settings.durability_replicas:
@@ -663,7 +664,7 @@ def _append_error(
     task_id: str, status: str, reply: Any, *, epoch: int, expected: ChainHead
 ) -> Exception:
     if status == "stale":
-        seq, digest = int(reply[1]), _text(reply[2])
+        seq, digest = int(reply[1]), text_of(reply[2])
         return StaleHead(
             f"task {task_id} head is seq {seq}, not the expected {expected.seq}",
             task_id=task_id,
@@ -679,7 +680,7 @@ def _append_error(
             current_epoch=current,
         )
     if status == "terminal":
-        state = _text(reply[1])
+        state = text_of(reply[1])
         return TaskTerminal(f"task {task_id} already {state}", task_id=task_id, state=state)
     if status == "not_found":
         return TaskNotFound(f"task {task_id} not found", task_id=task_id)
@@ -689,8 +690,8 @@ def _append_error(
             f"task {task_id} lease is live until {deadline}", task_id=task_id, deadline_ms=deadline
         )
     if status == "illegal":
-        state, target = _text(reply[1]), _text(reply[2])
+        state, target = text_of(reply[1]), text_of(reply[2])
         return IllegalTransition(
             f"a {state} task cannot become {target}", task_id=task_id, state=state, target=target
         )
-    return InvalidEvent(f"batch rejected: {_text(reply[1])}", task_id=task_id)
+    return InvalidEvent(f"batch rejected: {text_of(reply[1])}", task_id=task_id)

@@ -110,7 +110,7 @@ def verify_receipt(
     old_root_from_export: bytes | None = None
     if events is not None:
         old_root_from_export = _check_export(
-            events, task_id, checkpoint, raw, old.size if old else None, proved
+            events, task_id, checkpoint, raw, event.seq, old.size if old else None, proved
         )
 
     if old is not None:
@@ -123,11 +123,11 @@ def _check_export(
     task_id: str,
     checkpoint: Checkpoint,
     raw: bytes,
+    receipt_seq: int,
     old_size: int | None,
     proved: list[str],
 ) -> bytes | None:
     """Verify the export's chain and its root at the checkpoint's size."""
-    receipt_seq = decode_event(raw).seq
     chain = ChainVerifier(task=task_id)
     tree = merkle.TreeBuilder()
     old_root: bytes | None = None
