@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck pytest bench clean sandbox verifiers
+.PHONY: dev test lint typecheck pytest bench clean sandbox verifiers mcp1
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,17 +41,28 @@ verifiers:
 	    echo "note: Go and golang-golang-x-mod-dev are missing; the Go receipt verifier test will skip"; \
 	  fi; }
 
+# An agent on the MCP Python SDK 1.x (protocol 2025-11-25) for the compatibility test
+# (tests/mcp1/client.py), in a virtualenv of its own: the SDK's 1.x and 2.x cannot
+# share one. Without it that test skips, saying why.
+MCP1 := .venv-mcp1
+$(MCP1)/.installed:
+	@test -x $(MCP1)/bin/python || $(PYTHON) -m venv $(MCP1)
+	@$(MCP1)/bin/python -m pip install --quiet 'mcp>=1.25,<2' 2>/dev/null && touch $@ || \
+	  echo "note: could not install the MCP SDK 1.x; its compatibility test will skip"
+
+mcp1: $(MCP1)/.installed
+
 dev: $(STAMP) sandbox
 	@$(BIN)/axon dev
 
 lint: $(STAMP)
-	$(BIN)/ruff check axon tests bench
-	$(BIN)/ruff format --check axon tests bench
+	$(BIN)/ruff check axon tests bench deploy
+	$(BIN)/ruff format --check axon tests bench deploy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) sandbox verifiers
+pytest: $(STAMP) sandbox verifiers mcp1
 	$(BIN)/pytest
 
 test: lint typecheck pytest
@@ -60,4 +71,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/append.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MCP1) .mypy_cache .pytest_cache .ruff_cache

@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import anyio
 import msgspec
@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from axon.access import AccessMiddleware
 from axon.apikeys import KeyStore, Principal, Role
-from axon.catalog import TaskCatalog
 from axon.connection import open_store
 from axon.errors import (
     AxonError,
@@ -34,17 +34,27 @@ from axon.errors import (
     InvalidCursor,
     PermissionDenied,
 )
+from axon.logs import REQUEST_ID, bind_task
+from axon.mcp_http import McpEndpoint
+from axon.mcp_tools import WaitLimits
+from axon.metrics import metrics_route, set_component
 from axon.middleware import PRINCIPAL, STATUS, AuthMiddleware, BodyLimitMiddleware, error_body
 from axon.notes import NoteSigner
 from axon.openapi import openapi_document
-from axon.queue import Queue
-from axon.receipts import Receipts
 from axon.records import TaskSpec, TaskState
+from axon.services import Services
 from axon.settings import Settings
-from axon.sse import EventStream, StreamOptions
+from axon.sse import EventStream
 from axon.store import Store
-from axon.tailer import Tailer
-from axon.wire import CreateTask, Health, Task, TaskList, create_task_decoder, encoder
+from axon.wire import (
+    CreateTask,
+    Health,
+    Task,
+    TaskList,
+    cancel_task_decoder,
+    create_task_decoder,
+    encoder,
+)
 
 NDJSON = "application/x-ndjson"
 EVENT_STREAM = "text/event-stream"
@@ -55,26 +65,7 @@ EXPORT_MAX_BYTES = 8 << 20
 _log = logging.getLogger("axon.api")
 _SEQ = re.compile(r"[0-9]{1,18}")
 _PATH = re.compile(r"- at `(\$[^`]*)`")
-
-
-class Services:
-    """What the endpoints use; built by the lifespan, or handed in by tests."""
-
-    def __init__(self, settings: Settings, store: Store, signer: NoteSigner | None = None) -> None:
-        self.settings = settings
-        self.store = store
-        self.receipts = Receipts(store, signer, trusted=settings.receipt_trusted_keys)
-        self.queue = Queue(store)
-        self.catalog = TaskCatalog(self.queue, idempotency_ttl_s=settings.idempotency_ttl_s)
-        self.keys = KeyStore(store, cache_ttl_s=settings.api_key_cache_s)
-        self.tailer = Tailer(
-            store,
-            buffer_events=settings.tail_buffer_events,
-            heal_interval_s=settings.tail_heal_interval_s,
-            keepalive_s=settings.sse_keepalive_s,
-            send_timeout_s=settings.sse_send_timeout_s,
-        )
-        self.stream_options = StreamOptions(retry_ms=settings.sse_retry_ms)
+_Body = TypeVar("_Body")
 
 
 class _LateKeys:
@@ -101,15 +92,17 @@ def create_app(
     routes answer 503 ``receipts_unavailable``.
     """
     late_keys = _LateKeys()
+    mcp = McpEndpoint(WaitLimits(settings.mcp_max_waiting))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        set_component("api")  # Redis errors of the tailer and the MCP sessions
         async with _opened(settings, store) as opened:
             await opened.load_scripts()
             services = Services(settings, opened, signer)
             app.state.services = services
             late_keys.target = services.keys
-            async with anyio.create_task_group() as group:
+            async with anyio.create_task_group() as group, mcp.run(services):
                 await group.start(services.tailer.run)
                 yield
                 services.tailer.close()
@@ -128,13 +121,17 @@ def create_app(
         Route("/v1/tasks/{task_id}/receipt", task_receipt, methods=["GET"]),
         Route("/v1/tasks/{task_id}/consistency", task_consistency, methods=["GET"]),
         Route("/v1/receipt-key", receipt_key, methods=["GET"]),
+        Route("/mcp", mcp, methods=["GET", "POST", "DELETE"]),
     ]
+    if settings.metrics_enabled:  # for a private network: see docs/observability.md
+        routes.append(metrics_route(settings, lambda request: _services(request).store))
     app = Starlette(
         routes=routes,
         middleware=[
+            Middleware(AccessMiddleware),  # request id, access log, metrics: sees everything
             *_cors(settings),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
-            Middleware(AuthMiddleware, keys=late_keys),
+            Middleware(AuthMiddleware, keys=late_keys, prefixes=("/v1/", "/mcp")),
         ],
         exception_handlers={
             AxonError: _axon_error,
@@ -145,6 +142,7 @@ def create_app(
     )
     # "/v1/tasks/" is a 404 in our error body, not a redirect that would resend the key.
     app.router.redirect_slashes = False
+    app.state.mcp = mcp  # ApiServer.drain releases its long-polls and streams
     return app
 
 
@@ -161,12 +159,19 @@ def _cors(settings: Settings) -> list[Middleware]:
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "Last-Event-ID",
+                "X-Request-ID",
+            ],
             expose_headers=[
                 "Location",
                 "Idempotent-Replayed",
                 "X-Axon-Last-Seq",
                 "X-Axon-Head-Seq",
+                "X-Request-ID",
             ],
             max_age=600,
         )
@@ -245,6 +250,7 @@ async def create_task(request: Request) -> Response:
         body_digest=hashlib.sha256(body).hexdigest(),
     )
     task = Task.of(submitted.task)
+    bind_task(task.id)  # the access log line of this request names the task
     headers = {"location": f"/v1/tasks/{task.id}"}
     if submitted.replayed:
         headers["idempotent-replayed"] = "true"
@@ -286,8 +292,12 @@ async def cancel_task(request: Request) -> Response:
     """``POST /v1/tasks/{id}/cancel``: ask for cancellation (202; idempotent)."""
     principal = _principal(request, Role.WRITER)
     _only(request.query_params.keys(), set())
+    body = await request.body()
+    reason = (
+        _decode_body(cancel_task_decoder, body, required=False).reason if body.strip() else None
+    )
     record = await _services(request).catalog.cancel(
-        principal.tenant, request.path_params["task_id"]
+        principal.tenant, request.path_params["task_id"], reason=reason
     )
     return _json(Task.of(record), status=202)
 
@@ -441,10 +451,16 @@ def _principal(request: Request, required: Role) -> Principal:
 
 
 def _decode_create(body: bytes) -> CreateTask:
-    if not body.strip():
+    return _decode_body(create_task_decoder, body)
+
+
+def _decode_body(
+    decoder: msgspec.json.Decoder[_Body], body: bytes, *, required: bool = True
+) -> _Body:
+    if required and not body.strip():
         raise _HttpError(400, "malformed_json", "the request body is empty; send a JSON object")
     try:
-        return create_task_decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = _PATH.search(text)
@@ -532,4 +548,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     _log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _error(500, "internal_error", "the server failed; this is a bug, please report it", {})
+    message = "the server failed; this is a bug, please report it"
+    response = _error(500, "internal_error", message, {})
+    request_id = REQUEST_ID.get()  # sent outside AccessMiddleware, which echoes it otherwise
+    if request_id is not None:
+        response.headers["x-request-id"] = request_id
+    return response

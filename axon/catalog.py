@@ -226,7 +226,7 @@ class TaskCatalog:
             raise TaskNotFound(f"task {task_id} not found", task_id=task_id)
         return record
 
-    async def cancel(self, tenant: str, task_id: str) -> TaskRecord:
+    async def cancel(self, tenant: str, task_id: str, *, reason: str | None = None) -> TaskRecord:
         """Cancel one of ``tenant``'s tasks and return its record after the request.
 
         Idempotent: a task that already finished (cancelled or not) is returned
@@ -242,7 +242,7 @@ class TaskCatalog:
         if record.state.terminal:
             return record
         with contextlib.suppress(TaskTerminal):
-            await self.queue.cancel(task_id)
+            await self.queue.cancel(task_id, reason=reason or "cancel requested")
         return await self.store.get_task(task_id)
 
     # -- listing --------------------------------------------------------------------

@@ -13,6 +13,7 @@ Commands:
     axon keys receipt-init|receipt-show   the receipt signing key
     axon compactor      archive old events into signed snapshots (``axon.cli_compactor``)
     axon verify         verify a receipt offline (``axon.cli_verify``)
+    axon mcp            the MCP tools over stdio for agents (``axon.cli_mcp``)
 
 Exit codes: 0 success, 1 a check or operation failed, 2 bad usage or configuration.
 """
@@ -20,6 +21,7 @@ Exit codes: 0 success, 1 a check or operation failed, 2 bad usage or configurati
 from __future__ import annotations
 
 import argparse
+import atexit
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -27,12 +29,15 @@ from pathlib import Path
 
 import anyio
 
-from axon import cli_client, cli_compactor, cli_keys, cli_serve, cli_tasks, cli_verify
+from axon import cli_client, cli_compactor, cli_keys, cli_mcp, cli_serve, cli_tasks, cli_verify
 from axon._version import __version__
 from axon.connection import open_store
 from axon.embedded import ServerProcess, valkey_binary
 from axon.errors import AxonError
+from axon.logs import LogFormat
+from axon.logs import configure as configure_logs
 from axon.settings import Settings
+from axon.tracing import configure as configure_tracing
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_keys.add_commands(commands)
     cli_compactor.add_commands(commands)
     cli_verify.add_commands(commands)
+    cli_mcp.add_commands(commands)
     return parser
 
 
@@ -62,12 +68,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in cli_verify.COMMANDS:  # offline: needs no settings at all
         return cli_verify.run(args)
+    if args.command in cli_mcp.COMMANDS:  # stdio: reads its own settings, stdout is the protocol
+        return cli_mcp.run(args)
     if args.command in cli_client.COMMANDS or (
         args.command == "cancel" and cli_client.wants_api(args)
     ):  # through the HTTP API: AXON_URL and AXON_API_KEY, no Redis settings
         return cli_client.run(args)
     try:
         settings = Settings.from_env()
+        _observe(args.command, settings)
         if args.command == "doctor":
             return _doctor(settings)
         if args.command in cli_serve.COMMANDS:
@@ -83,6 +92,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _parser().print_help()
     return 0
+
+
+SERVICES = frozenset({"serve", "dev", "worker", "compactor"})
+"""Long-running commands: they log through ``axon.logs`` and may trace."""
+
+
+def _observe(command: str, settings: Settings) -> None:
+    """Log format and tracing of a long-running command (see docs/observability.md):
+    text in ``axon dev``, JSON elsewhere, unless ``AXON_LOG_FORMAT`` says otherwise."""
+    if command not in SERVICES:
+        return
+    default: LogFormat = "text" if command == "dev" else "json"
+    configure_logs(settings.log_format or default, level=settings.log_level)
+    provider = configure_tracing(settings)
+    if provider is not None:
+        atexit.register(provider.shutdown)  # flush the last spans
 
 
 def _doctor(settings: Settings) -> int:

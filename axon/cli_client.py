@@ -190,7 +190,7 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
         if command == "ls":
             return await _list(client, args)
         if command == "cancel":
-            task = await client.cancel(args.task_id)
+            task = await client.cancel(args.task_id, reason=args.reason)
             print(msgspec.json.encode(task).decode())
             return 0
         if command == "export":

@@ -16,11 +16,13 @@ import argparse
 import os
 import signal
 import sys
+from functools import partial
 from typing import Any
 
 import anyio
 import msgspec
 
+from axon import metrics
 from axon.compactor import Compactor
 from axon.connection import open_store
 from axon.errors import AxonError, ConfigError
@@ -43,6 +45,12 @@ def add_commands(commands: Any) -> None:
     compactor.add_argument("action", nargs="?", choices=["stats"], help="print totals and exit")
     compactor.add_argument("--once", action="store_true", help="one pass, then print its report")
     compactor.add_argument("--task", metavar="ID", help="compact this one task now")
+    compactor.add_argument(
+        "--metrics-port",
+        type=int,
+        help="while running, serve Prometheus metrics at http://AXON_METRICS_HOST:PORT/metrics "
+        "(default: AXON_COMPACTOR_METRICS_PORT; unset: none; 0 picks a port)",
+    )
     compactor.add_argument(
         "--force", action="store_true", help="with --task: ignore the retention window"
     )
@@ -94,6 +102,14 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         )
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as group:
+                port = args.metrics_port
+                port = settings.compactor_metrics_port if port is None else port
+                if port is not None:
+                    bound = await group.start(partial(metrics.serve, settings, store, port=port))
+                    print(
+                        f"Compactor metrics at http://{settings.metrics_host}:{bound}/metrics",
+                        flush=True,
+                    )
                 group.start_soon(compactor.run)
                 async for signum in signals:
                     print(f"{signal.Signals(signum).name}: stopping", flush=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import logging
 import os
 import signal
 import sys
@@ -113,11 +114,10 @@ def receipt_signer(settings: Settings, *, create: bool = False) -> NoteSigner | 
         signer = init_key(path, DEV_ORIGIN)
         print(f"Created the receipt signing key {path} ({signer.verifier_key()}).", flush=True)
     if signer is None:
-        print(
-            f"note: no receipt signing key ({path} or AXON_RECEIPT_KEY): receipts are off "
+        logging.getLogger("axon.serve").warning(
+            "no receipt signing key (%s or AXON_RECEIPT_KEY): receipts are off "
             "until you run `axon keys receipt-init`",
-            file=sys.stderr,
-            flush=True,
+            path,
         )
     return signer
 
@@ -212,6 +212,7 @@ def _print_dev_banner(url: str, key: str, settings: Settings, worker: Worker) ->
         f"""
 Axon is running.
   API        {url}   (reference: docs/api.md, schema: {url}/openapi.json)
+  MCP        {url}/mcp   (Streamable HTTP, same keys; stdio: `axon mcp`; docs/mcp.md)
   Redis      {settings.redis_url}
   Worker     {worker.worker_id} (adapters: {", ".join(worker.adapters.names())})
   Admin key  {key}

@@ -14,12 +14,13 @@ import json
 import os
 import signal
 import sys
+from functools import partial
 from typing import Any
 
 import anyio
 import msgspec
 
-from axon import cli_client
+from axon import cli_client, metrics
 from axon.connection import open_store
 from axon.errors import AxonError, ConfigError
 from axon.queue import Queue
@@ -49,6 +50,12 @@ def add_commands(commands: Any) -> None:
     )
     worker.add_argument("--concurrency", type=int, help="tasks at once (AXON_WORKER_CONCURRENCY)")
     worker.add_argument("--id", dest="worker_id", help="worker name (default host:pid:random)")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics at http://AXON_METRICS_HOST:PORT/metrics "
+        "(default: AXON_WORKER_METRICS_PORT; unset: none; 0 picks a port)",
+    )
 
     submit = commands.add_parser("submit", help="create a task and queue it")
     submit.add_argument("adapter", help="mock, shell, python, docker, …")
@@ -71,6 +78,7 @@ def add_commands(commands: Any) -> None:
         "at --url/AXON_URL; otherwise directly in the Redis at REDIS_URL.",
     )
     cancel.add_argument("task_id")
+    cancel.add_argument("--reason", help="why; written into the task's canceled event")
     cli_client.add_cancel_options(cancel)
 
     dlq = commands.add_parser("dlq", help="dead letters: tasks that failed for good")
@@ -116,7 +124,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         elif args.command == "task":
             _out(await store.get_task(args.task_id))
         elif args.command == "cancel":
-            state = await queue.cancel(args.task_id)
+            state = await queue.cancel(args.task_id, reason=args.reason or "cancel requested")
             _out({"task_id": args.task_id, "state": state.value})
         elif args.dlq_command == "list":
             for letter in await queue.dead_letters(count=args.count, after=args.after):
@@ -147,10 +155,16 @@ async def _worker(queue: Queue, args: argparse.Namespace) -> int:
                     worker.stop()
 
         tg.start_soon(stop_on_signal)
+        settings = queue.settings
+        port = args.metrics_port if args.metrics_port is not None else settings.worker_metrics_port
+        exposed = ""
+        if port is not None:
+            bound = await tg.start(partial(metrics.serve, settings, queue.store, port=port))
+            exposed = f", metrics http://{settings.metrics_host}:{bound}/metrics"
         await tg.start(worker.run)
         print(
             f"worker {worker.worker_id} ready: lanes {', '.join(queue.settings.lanes)}, "
-            f"adapters {', '.join(worker.adapters.names())}",
+            f"adapters {', '.join(worker.adapters.names())}{exposed}",
             flush=True,
         )
         await worker.stopped.wait()

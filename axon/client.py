@@ -277,14 +277,20 @@ class Client:
                 return
             cursor = page.next_cursor
 
-    async def cancel(self, task_id: str) -> Task:
+    async def cancel(self, task_id: str, *, reason: str | None = None) -> Task:
         """Ask for a task's cancellation (``POST .../cancel``); the task as it is after.
 
         A queued task comes back ``canceled``; a running one ``running`` with
         ``cancel_requested`` (its ``canceled`` event follows); a finished one
-        unchanged.
+        unchanged. ``reason`` (at most 500 characters) goes into the
+        ``canceled`` event.
         """
-        return _decode(_task_decoder, await self._request("POST", f"{_task_path(task_id)}/cancel"))
+        options: dict[str, Any] = {}
+        if reason is not None:
+            options["content"] = _encoder.encode({"reason": reason})
+            options["headers"] = {"content-type": "application/json"}
+        path = f"{_task_path(task_id)}/cancel"
+        return _decode(_task_decoder, await self._request("POST", path, **options))
 
     # -- events --------------------------------------------------------------------
 
@@ -333,6 +339,16 @@ class Client:
         async with aclosing(source) as events:
             async for event in events:
                 yield event
+
+    async def read(self, task_id: str, since_seq: int = 0, *, limit: int = 1000) -> ExportPage:
+        """One page of events after ``since_seq`` as exact bytes, not verified (NDJSON export).
+
+        For callers that keep their own cursor and check the chain themselves (the
+        MCP server does); ``events`` is the verified iterator.
+        """
+        if since_seq < 0 or not 1 <= limit <= 10_000:
+            raise InvalidArgument("since_seq must be >= 0 and limit from 1 to 10000")
+        return await self._export_page(task_id, since_seq, limit)
 
     async def export(self, task_id: str, path: str | os.PathLike[str]) -> int:
         """Write the task's NDJSON export to ``path``; return the number of events.

@@ -38,7 +38,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from axon import lua, merkle
+from axon import lua, merkle, metrics
 from axon.archive import encode_segment
 from axon.chain import GENESIS, ChainHead, ChainVerifier
 from axon.errors import (
@@ -142,6 +142,7 @@ class Compactor:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Compact every ``compact_interval_s`` until cancelled; sweep now and hourly."""
+        metrics.set_component("compactor")
         task_status.started()
         last_sweep = -SWEEP_EVERY_S
         while True:
@@ -166,6 +167,7 @@ class Compactor:
             await self._compact_into(task_id, report)
         self._passes += 1
         report.seconds = round(time.monotonic() - started, 3)
+        metrics.observe_compaction(report)
         return report
 
     async def statistics(self) -> CompactorStats:

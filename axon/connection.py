@@ -33,7 +33,7 @@ class _HiredisPacking:
     ~1 µs). The output bytes are identical.
     """
 
-    _packer = HiredisRespSerializer()
+    _packer = HiredisRespSerializer()  # type: ignore[no-untyped-call, unused-ignore]
 
     def pack_command(self, *args: Any) -> list[bytes]:
         return self._packer.pack(*args)  # type: ignore[no-any-return]

@@ -278,6 +278,12 @@ class ReceiptKeyInsecure(AxonError):
     code = "receipt_key_insecure"
 
 
+class RateLimited(AxonError):
+    """Too many calls of one tenant are waiting at once (an MCP long-poll limit)."""
+
+    code = "rate_limited"
+
+
 class ServerUnreachable(AxonError):
     """Raised by ``axon.Client`` when the API server cannot be reached or stops answering."""
 

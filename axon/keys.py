@@ -133,6 +133,15 @@ class KeySpace:
         """String: body digest and task id of an ``Idempotency-Key`` (by its SHA-256)."""
         return f"{self.prefix}:tenant:{{{tenant}}}:idem:{key_digest}"
 
+    def mcp_session(self, session_id: str) -> str:
+        """Stream of one MCP session's outgoing messages, for Streamable HTTP resumability;
+        entry fields ``s`` (the SSE stream: a request id or the GET stream) and ``m``."""
+        return f"{self.prefix}:mcp:{{{session_id}}}:events"
+
+    def mcp_session_owner(self, session_id: str) -> str:
+        """String naming the principal (tenant and key id) that opened the MCP session."""
+        return f"{self.prefix}:mcp:{{{session_id}}}:owner"
+
     def api_key(self, key_id: str) -> str:
         """Hash of one API key: tenant, role, SHA-256 of the secret, timestamps."""
         return f"{self.prefix}:apikey:{key_id}"

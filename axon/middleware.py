@@ -41,6 +41,7 @@ STATUS: dict[str, int] = {
     "events_unavailable": 410,
     "request_too_large": 413,
     "unsupported_media_type": 415,
+    "rate_limited": 429,
     "invalid_task": 422,
     "invalid_event": 422,
     "event_too_large": 422,
@@ -139,20 +140,22 @@ class BodyLimitMiddleware:
 
 
 class AuthMiddleware:
-    """Authenticate ``/v1/`` requests by ``Authorization: Bearer <api key>``.
+    """Authenticate ``/v1/`` and ``/mcp`` requests by ``Authorization: Bearer <api key>``.
 
     Keys never travel in URLs (contract 4), so no query parameter is looked at.
     The verified ``Principal`` is left in the scope for the endpoints, which
     check the role they need and scope every lookup to its tenant.
     """
 
-    def __init__(self, app: ASGIApp, *, keys: Authenticator, prefix: str = "/v1/") -> None:
+    def __init__(
+        self, app: ASGIApp, *, keys: Authenticator, prefixes: tuple[str, ...] = ("/v1/",)
+    ) -> None:
         self.app = app
         self.keys = keys
-        self.prefix = prefix
+        self.prefixes = prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefixes):
             await self.app(scope, receive, send)
             return
         challenge = [(b"www-authenticate", b'Bearer realm="axon"')]

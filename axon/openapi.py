@@ -14,7 +14,7 @@ import msgspec
 
 from axon._version import __version__
 from axon.receipts import ConsistencyProof
-from axon.wire import CreateTask, ErrorBody, Health, Task, TaskList
+from axon.wire import CancelTask, CreateTask, ErrorBody, Health, Task, TaskList
 
 _REF = "#/components/schemas/{name}"
 
@@ -67,7 +67,8 @@ _TASK_ID = {
 def openapi_document() -> bytes:
     """The document as JSON bytes (built once)."""
     (_, components) = msgspec.json.schema_components(
-        [CreateTask, Task, TaskList, ErrorBody, Health, ConsistencyProof], ref_template=_REF
+        [CreateTask, CancelTask, Task, TaskList, ErrorBody, Health, ConsistencyProof],
+        ref_template=_REF,
     )
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     paths: dict[str, Any] = {
@@ -85,6 +86,22 @@ def openapi_document() -> bytes:
                 "responses": {
                     "200": _json_response("ready", "Health"),
                     "503": _json_response("not ready", "Health"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text exposition format)",
+                "description": "For a private network: no API key; when AXON_METRICS_TOKEN "
+                "is set, 'Authorization: Bearer <metrics token>'. Absent (404) with "
+                "AXON_METRICS=0. See docs/observability.md.",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "every metric of this process",
+                        "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
+                    },
+                    **_error_responses(401),
                 },
             }
         },
@@ -161,6 +178,12 @@ def openapi_document() -> bytes:
                 "summary": "Request cancellation (idempotent)",
                 "security": secured,
                 "parameters": [_TASK_ID],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {"schema": {"$ref": _REF.format(name="CancelTask")}}
+                    },
+                },
                 "responses": {
                     "202": _json_response("cancellation requested (or already final)", "Task"),
                     **_error_responses(400, 401, 403, 404, 409, 503),
@@ -275,6 +298,26 @@ def openapi_document() -> bytes:
                 "security": secured,
                 "responses": {"200": _TEXT_RESPONSE, **_error_responses(401, 503)},
             }
+        },
+        "/mcp": {
+            method: {
+                "summary": f"MCP Streamable HTTP ({what})",
+                "description": "The Model Context Protocol endpoint: JSON-RPC messages, "
+                "answered as JSON or an SSE stream, per the MCP specification "
+                "(2025-11-25 sessions with Last-Event-ID resumption, or 2026-07-28). "
+                "Tools: start_task, get_task_status, stream_task, resume_task, cancel_task, "
+                "list_tasks, get_task_receipt. See docs/mcp.md.",
+                "security": secured,
+                "responses": {
+                    "200": {"description": "a JSON-RPC response, or an SSE stream of them"},
+                    **_error_responses(401, 503),
+                },
+            }
+            for method, what in (
+                ("post", "send a message"),
+                ("get", "open or resume a session's stream"),
+                ("delete", "end a session"),
+            )
         },
     }
     document = {

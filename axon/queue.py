@@ -38,7 +38,7 @@ from axon.errors import (
 )
 from axon.keys import check_task_id, new_task_id
 from axon.records import TaskRecord, TaskSpec, TaskState
-from axon.store import Store, check_spec, now_ms, xread_entries
+from axon.store import CANCEL_REASON_MAX, Store, check_spec, now_ms, xread_entries
 from axon.writer import EventWriter
 
 
@@ -79,8 +79,15 @@ class Queue:
             )
         check_spec(spec)
         task_id = new_task_id() if task_id is None else check_task_id(task_id)
-        # Indexed before it exists, so no task is ever missing from its tenant's
-        # listing; an entry whose task never came is skipped there (and dropped).
+        if self.store.one_server:
+            # One server: index, create and enqueue in one script, one round trip.
+            return await self.store.create_task(
+                spec, task_id=task_id, lane_key=self._lane_key(spec.lane)
+            )
+        # A cluster: the task's keys, the tenant index and the lanes live in different
+        # slots, so three steps. Indexed before it exists, so no task is ever missing
+        # from its tenant's listing; an entry whose task never came is skipped there
+        # (and dropped). Queued only once it exists.
         await self.store.call(
             self.store.redis.zadd(self.keys.tenant_tasks(spec.tenant), {task_id: 0})
         )
@@ -116,8 +123,34 @@ class Queue:
         reply = await self.store.run_script(lua.CLAIM_NEXT, keys, [deadline_ms])
         if not reply:
             return None
-        task_id = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-        return task_id, order[int(reply[1]) - 1]
+        return _str(reply[0]), order[int(reply[1]) - 1]
+
+    async def claim_batch(
+        self, count: int, *, claim_number: int, deadline_ms: int
+    ) -> list[tuple[str, str]]:
+        """Pop up to ``count`` task ids into the in-flight set in one script call.
+
+        Claims are numbered from ``claim_number`` (the worker's count so far); those
+        whose ``lane_order`` is reversed (every ``lane_fairness``-th) each take one
+        id from the lowest non-empty lane, the rest go highest lane first. So a
+        batch follows the same policy as that many single claims.
+
+        Returns (task id, lane) pairs, fairness claims first, then by priority.
+        """
+        if count < 1:
+            return []
+        lanes = list(self.settings.lanes)
+        fairness = self.settings.lane_fairness
+        reversed_ = 0
+        if fairness > 1:
+            reversed_ = sum(
+                1 for n in range(claim_number, claim_number + count) if n % fairness == fairness - 1
+            )
+        keys = [self.keys.inflight(), *(self._lane_keys[lane] for lane in lanes)]
+        reply = await self.store.run_script(lua.CLAIM_NEXT, keys, [deadline_ms, count, reversed_])
+        return [
+            (_str(reply[i]), lanes[int(reply[i + 1]) - 1]) for i in range(0, len(reply or ()), 2)
+        ]
 
     async def signal_cursor(self) -> bytes:
         """The id of the newest wake-up signal (``0-0`` if none): where to block from."""
@@ -213,12 +246,17 @@ class Queue:
                     state=record.state.value,
                 )
             if record.state is TaskState.RUNNING:
-                await self.store.request_cancel(task_id)
+                await self.store.request_cancel(task_id, reason=reason)
                 await self.store.call(self.store.redis.publish(self.keys.cancel_channel(), task_id))
                 return TaskState.RUNNING
             writer = EventWriter(self.store, task_id, epoch=record.epoch)
             try:
-                await writer.finish(TaskState.CANCELED, {"reason": reason, "ran": False})
+                reason = reason[:CANCEL_REASON_MAX]
+                await writer.finish(
+                    TaskState.CANCELED,
+                    {"reason": reason, "ran": False},
+                    fields={"cancel_reason": reason},
+                )
             except AppendRejected:
                 continue  # claimed (or cancelled) meanwhile: look again
             await self.store.run_script(

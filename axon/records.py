@@ -115,6 +115,10 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     lease_owner: str | None
     lease_deadline_ms: int | None
     cancel_requested: bool
+    cancel_reason: str | None = None
+    traceparent: str | None = None
+    """W3C trace context of the span that created the task (tracing on), so the
+    worker's span joins the same trace."""
     wall_ms: int
     events: int
     event_bytes: int
@@ -160,6 +164,8 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
             lease_owner=text("lease_owner"),
             lease_deadline_ms=num("lease_deadline_ms"),
             cancel_requested=f.get("cancel_requested") == b"1",
+            cancel_reason=text("cancel_reason"),
+            traceparent=text("traceparent"),
             wall_ms=num("wall_ms") or 0,
             events=num("events") or 0,
             event_bytes=num("bytes") or 0,

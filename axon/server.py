@@ -19,8 +19,10 @@ import anyio
 import uvicorn
 from starlette.applications import Starlette
 
-from axon.api import Services, create_app
+from axon.api import create_app
+from axon.mcp_http import McpEndpoint
 from axon.notes import NoteSigner
+from axon.services import Services
 from axon.settings import Settings
 from axon.store import Store
 
@@ -38,13 +40,17 @@ class ApiServer(uvicorn.Server):
         yield
 
     def drain(self) -> None:
-        """Ask SSE streams to end with a reconnect frame, then stop serving.
+        """Ask SSE streams to end with a reconnect frame, release MCP long-polls, then stop
+        serving.
 
         Call it on the server's event loop (``loop.call_soon_threadsafe`` from elsewhere).
         """
         services: Services | None = getattr(self.app.state, "services", None)
         if services is not None:
             services.tailer.close()
+        mcp: McpEndpoint | None = getattr(self.app.state, "mcp", None)
+        if mcp is not None:
+            mcp.drain()
         self.should_exit = True
 
     @property
@@ -85,7 +91,8 @@ def build_server(
         port=settings.api_port if port is None else port,
         lifespan="on",
         log_level=log_level,
-        access_log=False,
+        log_config=None,  # records go to the root logger, formatted by axon.logs
+        access_log=False,  # axon.access writes one line per request instead
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
         backlog=4096,
         server_header=False,

@@ -20,6 +20,7 @@ from axon.events import DEFAULT_MAX_EVENT_BYTES
 
 Durability = Literal["fast", "strict"]
 SandboxMode = Literal["required", "auto", "off"]
+LogFormat = Literal["json", "text"]
 
 LANE_PATTERN = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
 
@@ -65,6 +66,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         api_key_cache_s: how long a verified API key is trusted without asking Redis
             (a revocation reaches other API processes within this time).
         idempotency_ttl_s: how long an ``Idempotency-Key`` is remembered.
+        mcp_max_waiting: MCP ``stream_task`` long-polls one tenant may have waiting at
+            once in one API process (more get ``RATE_LIMITED``).
         cors_origins: browser origins (``https://app.example``) allowed to call the
             API from another origin; empty (the default) sends no CORS headers.
         data_dir: local state of ``axon dev``/``serve``/``compactor``: the receipt
@@ -81,6 +84,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             events in Redis than the first has all but its last ``keep`` archived.
         compact_lock_s: how long one compactor replica may hold a task before another
             may take over (a replica that died mid-task).
+        log_format: ``json`` (one object per line) or ``text``; None lets the command
+            choose (text for ``axon dev``, JSON for the others).
+        log_level: ``debug``, ``info``, ``warning`` or ``error``.
+        metrics_enabled: serve ``GET /metrics`` on the API (meant for a private network).
+        metrics_token: when set, ``/metrics`` (API, worker, compactor) requires
+            ``Authorization: Bearer <token>``.
+        metrics_host: where the worker's and the compactor's metrics endpoints listen.
+        worker_metrics_port / compactor_metrics_port: their ports; None (the default)
+            serves none, 0 picks a free port.
+        otel_enabled: record OpenTelemetry traces and export them over OTLP/HTTP.
+        otel_endpoint: the OTLP/HTTP collector (``http://host:4318``); None uses the
+            standard ``OTEL_EXPORTER_OTLP_*`` variables.
+        otel_service_name: the ``service.name`` of the exported spans.
     """
 
     redis_url: str | None = None
@@ -114,6 +130,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     tail_heal_interval_s: float = 10.0
     api_key_cache_s: float = 5.0
     idempotency_ttl_s: int = 86_400
+    mcp_max_waiting: int = 64
     cors_origins: tuple[str, ...] = ()
     data_dir: str = ".axon"
     archive_dir: str | None = None
@@ -125,6 +142,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     compact_live_max_events: int = 100_000
     compact_live_keep_events: int = 10_000
     compact_lock_s: float = 300.0
+    log_format: LogFormat | None = None
+    log_level: str = "info"
+    metrics_enabled: bool = True
+    metrics_token: str | None = None
+    metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int | None = None
+    compactor_metrics_port: int | None = None
+    otel_enabled: bool = False
+    otel_endpoint: str | None = None
+    otel_service_name: str = "axon"
 
     def __post_init__(self) -> None:
         if not self.key_prefix or any(c in self.key_prefix for c in "{} \n"):
@@ -167,6 +194,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "sse_retry_ms",
             "tail_buffer_events",
             "idempotency_ttl_s",
+            "mcp_max_waiting",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
@@ -190,6 +218,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError(
                 "compact_live_keep_events must be >= 0 and below compact_live_max_events"
             )
+        if self.log_format not in (None, "json", "text"):
+            raise ConfigError("log_format must be 'json' or 'text'")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log_level must be debug, info, warning or error")
+        if self.metrics_token is not None and len(self.metrics_token) < 16:
+            raise ConfigError("metrics_token must be at least 16 characters")
+        for port in (self.worker_metrics_port, self.compactor_metrics_port):
+            if port is not None and not 0 <= port <= 65535:
+                raise ConfigError("metrics ports must be between 0 and 65535")
 
     def archive_path(self) -> Path:
         """The archive directory: ``archive_dir``, else ``<data_dir>/archive``."""
@@ -225,6 +262,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 return int(raw)
             except ValueError:
                 raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+        def optional_integer(name: str) -> int | None:
+            return integer(name, 0) if env.get(name, "").strip() else None
 
         def flag(name: str) -> bool:
             raw = env.get(name, "").strip().lower()
@@ -269,6 +309,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         durability = env.get("AXON_DURABILITY", "fast") or "fast"
         if durability not in ("fast", "strict"):
             raise ConfigError(f"AXON_DURABILITY must be 'fast' or 'strict', got {durability!r}")
+        log_format = (env.get("AXON_LOG_FORMAT") or "").strip().lower() or None
+        if log_format not in (None, "json", "text"):
+            raise ConfigError(f"AXON_LOG_FORMAT must be 'json' or 'text', got {log_format!r}")
         return cls(
             redis_url=env.get("REDIS_URL") or None,
             redis_cluster=flag("AXON_REDIS_CLUSTER"),
@@ -303,6 +346,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             tail_heal_interval_s=number("AXON_TAIL_HEAL_INTERVAL_S", 10.0),
             api_key_cache_s=number("AXON_API_KEY_CACHE_S", 5.0),
             idempotency_ttl_s=integer("AXON_IDEMPOTENCY_TTL_S", 86_400),
+            mcp_max_waiting=integer("AXON_MCP_MAX_WAITING", 64),
             cors_origins=words("AXON_CORS_ORIGINS"),
             data_dir=env.get("AXON_DATA_DIR") or ".axon",
             archive_dir=env.get("AXON_ARCHIVE_DIR") or None,
@@ -314,4 +358,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             compact_live_max_events=integer("AXON_COMPACT_LIVE_MAX_EVENTS", 100_000),
             compact_live_keep_events=integer("AXON_COMPACT_LIVE_KEEP_EVENTS", 10_000),
             compact_lock_s=number("AXON_COMPACT_LOCK_S", 300.0),
+            log_format=log_format,  # type: ignore[arg-type]
+            log_level=(env.get("AXON_LOG_LEVEL") or "info").lower(),
+            metrics_enabled=flag("AXON_METRICS") if env.get("AXON_METRICS", "").strip() else True,
+            metrics_token=env.get("AXON_METRICS_TOKEN") or None,
+            metrics_host=env.get("AXON_METRICS_HOST") or "127.0.0.1",
+            worker_metrics_port=optional_integer("AXON_WORKER_METRICS_PORT"),
+            compactor_metrics_port=optional_integer("AXON_COMPACTOR_METRICS_PORT"),
+            otel_enabled=flag("AXON_OTEL") or bool(env.get("AXON_OTEL_ENDPOINT")),
+            otel_endpoint=env.get("AXON_OTEL_ENDPOINT") or None,
+            otel_service_name=env.get("OTEL_SERVICE_NAME") or "axon",
         )

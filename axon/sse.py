@@ -28,6 +28,7 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from axon.errors import ArchiveUnavailable, AxonError, EventsUnavailable, TaskNotFound
+from axon.metrics import SSE_SUBSCRIBERS
 from axon.store import Store
 from axon.tailer import Tailer, TaskTail, frame_of
 
@@ -112,6 +113,7 @@ class EventStream:
                 group.cancel_scope.cancel()
 
             group.start_soon(watch_disconnect)
+            SSE_SUBSCRIBERS.inc()
             try:
                 await self._stream(send)
                 complete = True
@@ -119,6 +121,7 @@ class EventStream:
                 pass  # the client is gone: nothing more to say to it
             finally:
                 self.tailer.sending.discard(self)
+                SSE_SUBSCRIBERS.dec()
             group.cancel_scope.cancel()
         if complete:
             await send({"type": "http.response.body", "body": b"", "more_body": False})

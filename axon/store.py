@@ -24,8 +24,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from axon import lua
+from axon import lua, metrics, tracing
 from axon.archive import Archive, decode_segment, open_archive
+from axon.autopipeline import AutoPipeline
 from axon.chain import ChainHead
 from axon.errors import (
     ArchiveUnavailable,
@@ -53,9 +54,19 @@ RedisClient = Redis | RedisCluster
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
 TENANT_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+CANCEL_REASON_MAX = 500
+"""Characters of a cancel reason kept on the record (longer ones are cut)."""
 
 MUTABLE_FIELDS = frozenset(
-    {"lease_owner", "lease_deadline_ms", "attempt", "cancel_requested", "error", "wall_ms"}
+    {
+        "lease_owner",
+        "lease_deadline_ms",
+        "attempt",
+        "cancel_requested",
+        "cancel_reason",
+        "error",
+        "wall_ms",
+    }
 )
 """Record fields a transition may set; state, epoch, head and counters move only by script."""
 
@@ -103,12 +114,17 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
         fields: record fields to set (empty string deletes), from ``MUTABLE_FIELDS``.
         lease_expired_before: only if the task's lease deadline is earlier than this
             (unix ms); otherwise ``LeaseLive``. How a watchdog takes over safely.
+        release: with a terminal ``to``, on a single server (``Store.one_server``),
+            also take the task out of the in-flight set and list it for the
+            compactor in the same script (what ``Queue.release`` does); ignored on
+            a cluster, where the caller releases it afterwards.
     """
 
     to: TaskState
     new_epoch: int | None = None
     fields: dict[str, str] = msgspec.field(default_factory=dict)
     lease_expired_before: int | None = None
+    release: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.fields) - MUTABLE_FIELDS
@@ -166,11 +182,19 @@ class Store:
         )
         self.keys = KeySpace(settings.key_prefix)
         self._cluster = isinstance(redis, RedisCluster)
+        # Concurrent commands share round trips on a single server (axon.autopipeline).
+        self._pipe = None if isinstance(redis, RedisCluster) else AutoPipeline(redis)
 
     # -- task records -------------------------------------------------------
 
-    async def create_task(self, spec: TaskSpec, *, task_id: str | None = None) -> TaskRecord:
+    async def create_task(
+        self, spec: TaskSpec, *, task_id: str | None = None, lane_key: str | None = None
+    ) -> TaskRecord:
         """Create a queued task and append its first event, ``queued``, atomically.
+
+        With ``lane_key`` (single server only: ``one_server``), the same
+        script also lists the task for its tenant and pushes it onto that lane,
+        waking idle workers: a whole submit in one round trip.
 
         Raises:
             InvalidTaskSpec: tenant, adapter, lane, args or metadata are malformed.
@@ -213,11 +237,19 @@ class Store:
             fields += ["name", spec.name]
         if spec.timeout_s is not None:
             fields += ["timeout_s", repr(spec.timeout_s)]
+        traceparent = tracing.current_traceparent()  # None unless tracing is on
+        if traceparent is not None:
+            fields += ["traceparent", traceparent]
         keys = [self.keys.task(task_id), self.keys.events(task_id)]
+        if lane_key is not None:
+            if self._cluster:
+                raise ValueError("a cluster cannot create and enqueue in one script")
+            keys += [self.keys.tenant_tasks(spec.tenant), lane_key, self.keys.signal()]
         digest = event_hash(raw)
-        reply = await self.run_script(lua.CREATE, keys, ["queued", raw, digest, ts, *fields])
+        reply = await self.run_script(lua.CREATE, keys, [task_id, raw, digest, ts, *fields])
         if text_of(reply[0]) == "exists":
             raise TaskExists(f"task {task_id} already exists", task_id=task_id)
+        metrics.task_created()
         # The script wrote exactly these fields; build the record here rather than
         # spend a round trip reading it back.
         return TaskRecord.from_hash(
@@ -243,7 +275,7 @@ class Store:
             TaskNotFound: no such task.
         """
         check_task_id(task_id)
-        fields = await self.call(self.redis.hgetall(self.keys.task(task_id)))
+        fields = await self.call(self.command("HGETALL", self.keys.task(task_id)))
         if not fields:
             raise TaskNotFound(f"task {task_id} not found", task_id=task_id)
         return TaskRecord.from_hash(task_id, fields)
@@ -256,21 +288,26 @@ class Store:
         """
         check_task_id(task_id)
         seq, digest = await self.call(
-            self.redis.hmget(self.keys.task(task_id), ["head_seq", "head_hash"])
+            self.command("HMGET", self.keys.task(task_id), "head_seq", "head_hash")
         )
         if seq is None:
             raise TaskNotFound(f"task {task_id} not found", task_id=task_id)
         return ChainHead(seq=int(seq), hash=text_of(digest))
 
-    async def request_cancel(self, task_id: str) -> TaskState:
+    async def request_cancel(self, task_id: str, *, reason: str | None = None) -> TaskState:
         """Raise the task's cancel flag and return the state it had.
+
+        ``reason`` is kept on the record (the first one given) for the worker's
+        ``canceled`` event.
 
         Raises:
             TaskNotFound: no such task.
             TaskTerminal: the task already finished; nothing to cancel.
         """
         check_task_id(task_id)
-        reply = await self.run_script(lua.CANCEL, [self.keys.task(task_id)], [now_ms()])
+        reply = await self.run_script(
+            lua.CANCEL, [self.keys.task(task_id)], [now_ms(), (reason or "")[:CANCEL_REASON_MAX]]
+        )
         status = text_of(reply[0])
         if status == "not_found":
             raise TaskNotFound(f"task {task_id} not found", task_id=task_id)
@@ -325,6 +362,8 @@ class Store:
         for kind, raw in events:
             args += [kind, raw]
         keys = [self.keys.task(task_id), self.keys.events(task_id)]
+        if transition is not None and transition.release and not self._cluster:
+            keys += [self.keys.inflight(), self.keys.finished()]
         reply = await self.run_script(lua.APPEND, keys, args)
         status = text_of(reply[0])
         if status == "ok":
@@ -530,12 +569,43 @@ class Store:
         try:
             return await awaitable
         except (RedisConnectionError, RedisTimeoutError) as exc:
+            metrics.redis_error()
             raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
         except ResponseError as exc:
+            metrics.redis_error()
             raise StoreUnavailable(f"Redis refused the command: {exc}") from exc
 
+    def pipeline_statistics(self) -> tuple[int, int] | None:
+        """(pipelines, commands) sent by auto-pipelining so far; None on a cluster."""
+        return None if self._pipe is None else self._pipe.statistics()
+
+    @property
+    def one_server(self) -> bool:
+        """Whether every key is on one server (not a cluster), so one script may touch a
+        task's keys and the queue's: ``create_task`` can enqueue, a terminal transition
+        can release."""
+        return not self._cluster
+
+    def command(self, *args: Any) -> Any:
+        """One command (``"HGETALL", key``), as an awaitable for ``call``.
+
+        On a single server it is auto-pipelined with the commands other tasks issue
+        at the same moment (``axon.autopipeline``); on a cluster it is sent alone.
+        """
+        if self._pipe is not None:
+            return self._pipe.execute(*args)
+        return self.redis.execute_command(*args)
+
     async def _run(self, script: lua.Script, keys: list[str], args: list[Any]) -> Any:
-        return await self.call(script.run(self.redis, keys, args))
+        pipe = self._pipe
+        if pipe is None:
+            return await self.call(script.run(self.redis, keys, args))
+        try:
+            return await self.call(pipe.execute("EVALSHA", *script.evalsha_args(keys, args)))
+        except StoreUnavailable as exc:
+            if not isinstance(exc.__cause__, NoScriptError):
+                raise
+        return await self.call(pipe.execute("EVAL", *script.eval_args(keys, args)))
 
     async def run_script(self, script: lua.Script, keys: list[str], args: list[Any]) -> Any:
         """Run a script that writes, honouring the durability mode."""

@@ -399,7 +399,7 @@ class Tailer:
         finally:
             self._pubsub = None
             with anyio.CancelScope(shield=True):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
                 if owned:
                     await client.aclose()
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import msgspec
 
+from axon import metrics
 from axon.errors import AppendRejected, TaskNotFound
 from axon.queue import Queue
 from axon.records import TaskState
@@ -96,6 +97,7 @@ class Watchdog:
                     lease_expired_before=now,
                 )
                 self._canceled += 1
+                metrics.LEASES_RECLAIMED.labels(outcome="canceled").inc()
                 await self.queue.release(task_id)
                 return
             if record.attempt >= record.max_attempts:
@@ -117,9 +119,11 @@ class Watchdog:
             return  # renewed, finished or taken over by another watchdog meanwhile
         if record.attempt >= record.max_attempts:
             self._failed += 1
+            metrics.LEASES_RECLAIMED.labels(outcome="failed").inc()
             final = await self.store.get_task(task_id)
             await self.queue.dead_letter(final, reason="lease expired and no attempts left")
             await self.queue.release(task_id)
         else:
             self._reclaimed += 1
+            metrics.LEASES_RECLAIMED.labels(outcome="requeued").inc()
             await self.queue.requeue(task_id, record.lane)

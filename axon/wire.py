@@ -34,6 +34,22 @@ class CreateTask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
 
 
+class CancelTask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Optional body of ``POST /v1/tasks/{id}/cancel``."""
+
+    reason: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=500,
+                description="why; it ends up in the task's canceled event",
+            ),
+        ]
+        | None
+    ) = None
+
+
 class Task(msgspec.Struct, frozen=True, kw_only=True):
     """A task as the API shows it."""
 
@@ -48,6 +64,7 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int = 0
     max_attempts: int = 1
     cancel_requested: bool = False
+    cancel_reason: str | None = None
     created_ms: int = 0
     updated_ms: int = 0
     started_ms: int | None = None
@@ -73,6 +90,7 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
             attempt=record.attempt,
             max_attempts=record.max_attempts,
             cancel_requested=record.cancel_requested,
+            cancel_reason=record.cancel_reason,
             created_ms=record.created_ms,
             updated_ms=record.updated_ms,
             started_ms=record.started_ms,
@@ -115,3 +133,4 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
 
 encoder = msgspec.json.Encoder()
 create_task_decoder = msgspec.json.Decoder(CreateTask)
+cancel_task_decoder = msgspec.json.Decoder(CancelTask)

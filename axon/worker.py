@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import os
 import random
 import socket
+import time
 from typing import Any
 
 import anyio
@@ -37,7 +39,7 @@ import msgspec
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from axon import lua
+from axon import logs, lua, metrics, tracing
 from axon.adapters.base import AdapterError, Outcome
 from axon.adapters.registry import AdapterRegistry
 from axon.chain import ChainHead
@@ -49,6 +51,8 @@ from axon.records import TaskRecord, TaskState
 from axon.store import now_ms
 from axon.watchdog import Watchdog
 from axon.writer import EventWriter
+
+_logger = logging.getLogger("axon.worker")
 
 
 class StopReason(enum.Enum):
@@ -78,7 +82,7 @@ class WorkerStatistics(msgspec.Struct, frozen=True, kw_only=True):
 class _Run:
     """One running task in this worker."""
 
-    __slots__ = ("ctx", "record", "scope", "stop_reason", "writer")
+    __slots__ = ("ctx", "record", "scope", "stop_reason", "stopped_at", "writer")
 
     def __init__(self, record: TaskRecord, writer: EventWriter, ctx: RunContext) -> None:
         self.record = record
@@ -86,10 +90,12 @@ class _Run:
         self.ctx = ctx
         self.scope = anyio.CancelScope()
         self.stop_reason: StopReason | None = None
+        self.stopped_at: float | None = None
 
     def stop(self, reason: StopReason, grace_s: float) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.stopped_at = time.monotonic()
             self.ctx.stop_grace_s = grace_s
         self.scope.cancel()
 
@@ -144,6 +150,7 @@ class Worker:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Run until ``stop()``; then drain and return (``stopped`` is set then)."""
+        metrics.set_component("worker")
         try:
             async with anyio.create_task_group() as services:
                 await services.start(self._cancel_listener)
@@ -164,16 +171,19 @@ class Worker:
         cursor = await self.queue.signal_cursor()
         while not self._stopping.is_set():
             await self._slots.acquire()
-            claimed = None
-            while claimed is None and not self._stopping.is_set():
-                order = self.queue.lane_order(self._claims)
+            free = 1
+            claimed: list[tuple[str, str]] = []
+            while not claimed and not self._stopping.is_set():
+                free += self._take_free_slots()  # every free slot claims in the same call
                 deadline = now_ms() + int(settings.lease_timeout_s * 1000)
                 try:
-                    claimed = await self.queue.claim_next(order, deadline_ms=deadline)
-                    if claimed is None:
+                    claimed = await self.queue.claim_batch(
+                        free, claim_number=self._claims, deadline_ms=deadline
+                    )
+                    if not claimed:
                         # Only this wait is interrupted by stop(); a claim in flight completes.
                         with anyio.CancelScope() as self._wait_scope:
-                            if self._stopping.is_set():  # stop() came while claim_next ran
+                            if self._stopping.is_set():  # stop() came while claiming
                                 self._wait_scope.cancel()
                             cursor = await self.queue.wait_for_work(cursor, timeout_ms=5000)
                 except AxonError as exc:
@@ -183,11 +193,23 @@ class Worker:
                     _log(f"claiming failed: {exc.message}; retrying in 1 s")
                     with anyio.CancelScope() as self._wait_scope:
                         await anyio.sleep(1.0)
-            if claimed is None:
+            for _ in range(free - len(claimed)):
                 self._slots.release()
+            if not claimed:
                 break
-            self._claims += 1
-            runs.start_soon(self._run_task, *claimed)
+            self._claims += len(claimed)
+            for task_id, lane in claimed:
+                runs.start_soon(self._run_task, task_id, lane)
+
+    def _take_free_slots(self) -> int:
+        """Acquire every slot that is free right now; returns how many."""
+        taken = 0
+        while True:
+            try:
+                self._slots.acquire_nowait()
+            except anyio.WouldBlock:
+                return taken
+            taken += 1
 
     async def _drain(self) -> None:
         """Give running tasks the shutdown grace, then hand the rest back."""
@@ -200,6 +222,7 @@ class Worker:
     # -- running ------------------------------------------------------------------
 
     async def _run_task(self, task_id: str, lane: str) -> None:
+        logs.bind_task(task_id)  # this run's own asyncio task: every log line names it
         try:
             await self._claim_and_run(task_id, lane)
         except AxonError as exc:
@@ -209,6 +232,7 @@ class Worker:
         except Exception as exc:  # a bug must cost one task's lease, not the whole worker
             _log(f"task {task_id}: unexpected {exc!r}")
         finally:
+            tracing.end_run()
             self._runs.pop(task_id, None)
             self._slots.release()
             if not self._runs and self._stopping.is_set():
@@ -230,12 +254,14 @@ class Worker:
         if record.cancel_requested:  # cancelled while it was running before (then handed back)
             with contextlib.suppress(AppendRejected):
                 await writer.finish(
-                    TaskState.CANCELED, {"reason": "cancel requested", "ran": False}
+                    TaskState.CANCELED,
+                    {"reason": record.cancel_reason or "cancel requested", "ran": False},
                 )
             await self.queue.release(task_id)
             return
         attempt = record.attempt + 1
         epoch = record.epoch + 1
+        tracing.start_run(record, attempt=attempt, worker=self.worker_id)
         deadline = now_ms() + int(settings.lease_timeout_s * 1000)
         try:
             await writer.transition(
@@ -298,9 +324,9 @@ class Worker:
                     self._counts["lease_lost"] += 1
                     return
                 if reason is StopReason.CANCELED:
-                    await writer.finish(
-                        TaskState.CANCELED, {"reason": "cancel requested"}, fields=fields
-                    )
+                    why = await self._cancel_reason(task_id)
+                    await writer.finish(TaskState.CANCELED, {"reason": why}, fields=fields)
+                    metrics.observe_cancel(run.stopped_at)
                     self._counts["canceled"] += 1
                 elif reason is StopReason.TIMED_OUT:
                     limit = record.timeout_s or self.settings.default_timeout_s
@@ -331,12 +357,14 @@ class Worker:
         record, writer, task_id = run.record, run.writer, run.record.id
         if outcome.ok:
             try:
-                await writer.finish(TaskState.SUCCEEDED, outcome.data, fields=fields)
+                # On a single server the same script releases the task from the queue.
+                await writer.finish(TaskState.SUCCEEDED, outcome.data, fields=fields, release=True)
             except InvalidEvent as exc:
                 outcome = Outcome(ok=False, data={"error": f"result not recordable: {exc.message}"})
             else:
                 self._counts["completed"] += 1
-                await self.queue.release(task_id)
+                if not self.store.one_server:
+                    await self.queue.release(task_id)
                 return
         if outcome.retryable and attempt < record.max_attempts:
             delay = _backoff(record.retry_backoff_s, record.retry_backoff_max_s, attempt)
@@ -406,6 +434,14 @@ class Worker:
             # worst case: a dead worker's task is taken over by lease + one interval.
             await anyio.sleep(interval * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
 
+    async def _cancel_reason(self, task_id: str) -> str:
+        """The reason the canceller gave (kept on the record), or the generic one."""
+        try:
+            record = await self.store.get_task(task_id)
+        except AxonError:
+            return "cancel requested"
+        return record.cancel_reason or "cancel requested"
+
     async def _cancel_listener(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Stop runs named on the cancel channel; resubscribe after a lost connection."""
         started = False
@@ -414,6 +450,7 @@ class Worker:
                 await self._listen_for_cancels(task_status if not started else None)
                 return
             except (RedisError, OSError) as exc:
+                metrics.redis_error()
                 _log(f"cancel channel lost ({exc!r}); resubscribing")
             started = True
             await anyio.sleep(1.0)
@@ -442,7 +479,7 @@ class Worker:
                     run.stop(StopReason.CANCELED, self.settings.cancel_grace_s)
         finally:
             with anyio.CancelScope(shield=True):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
                 if blocking is not self.store.blocking:
                     await blocking.aclose()
 
@@ -458,4 +495,4 @@ def _brief(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _log(message: str) -> None:
-    print(f"axon worker: {message}", flush=True)
+    _logger.warning(message)

@@ -18,6 +18,7 @@ always known before the next batch is built.
 from __future__ import annotations
 
 import random
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from axon import metrics
 from axon.chain import ChainHead
 from axon.errors import (
     AxonError,
@@ -160,12 +162,15 @@ class EventWriter:
         new_epoch: int | None = None,
         fields: Mapping[str, str] | None = None,
         lease_expired_before: int | None = None,
+        release: bool = False,
     ) -> StoredEvent:
         """Append ``kind`` and move the task to ``to`` in the same script.
 
         Terminal states take their own name as kind (``finish`` does that). With
         ``new_epoch`` the writer adopts the new fencing token on success. With
-        ``lease_expired_before`` it only happens if the current lease expired.
+        ``lease_expired_before`` it only happens if the current lease expired. With
+        ``release`` a terminal transition also releases the task from the queue on
+        a single server (``Transition.release``).
 
         Raises:
             IllegalTransition / TaskTerminal: the state machine forbids it.
@@ -178,6 +183,7 @@ class EventWriter:
             new_epoch=new_epoch,
             fields=dict(fields or {}),
             lease_expired_before=lease_expired_before,
+            release=release,
         )
         prepared = [self._prepare(kind, data, reserved_ok=True)]
         item = _Item(prepared, move, size=self._size(prepared))
@@ -191,8 +197,12 @@ class EventWriter:
         *,
         fields: Mapping[str, str] | None = None,
         lease_expired_before: int | None = None,
+        release: bool = False,
     ) -> StoredEvent:
-        """Write the terminal event and the terminal state together; the lease is cleared."""
+        """Write the terminal event and the terminal state together; the lease is cleared.
+
+        With ``release``, on a single server, the task also leaves the queue's
+        in-flight set in the same script (see ``transition``)."""
         if not state.terminal:
             raise ValueError(f"{state.value} is not a terminal state")
         return await self.transition(
@@ -201,6 +211,7 @@ class EventWriter:
             data,
             fields={"lease_owner": "", "lease_deadline_ms": "", **(fields or {})},
             lease_expired_before=lease_expired_before,
+            release=release,
         )
 
     # -- internals ----------------------------------------------------------
@@ -341,6 +352,7 @@ class EventWriter:
     async def _append(self, batch: list[_Item]) -> list[StoredEvent]:
         transition = batch[-1].transition
         flat = [event for item in batch for event in item.events]
+        started = time.perf_counter_ns()
         for attempt in range(MAX_STALE_RETRIES):
             if attempt > 1:
                 # Several writers keep colliding: back off with full jitter so one wins.
@@ -367,6 +379,8 @@ class EventWriter:
                 self._epoch = transition.new_epoch
             self._events += len(flat)
             self._batches += 1
+            to = None if transition is None else transition.to
+            metrics.observe_append(self.task_id, head.seq + 1, len(flat), started, to)
             return [StoredEvent(head.seq + 1 + i, raw, kind) for i, (kind, raw) in enumerate(built)]
         raise StaleHead(
             f"gave up after {MAX_STALE_RETRIES} lost races for the head of task {self.task_id}",

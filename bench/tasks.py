@@ -3,7 +3,8 @@
 One run, one server, four measurements (``bench/README.md`` explains each):
 
 1. no-op task throughput, enqueue N -> all completed, for Axon and each peer, every
-   one with its own worker process (concurrency 10 where the library has it);
+   one with its own worker process (concurrency 10 where the library has it) and the
+   same producers (``--producers``: concurrent enqueue loops, 1 by default);
 2. pickup latency on an idle worker: submit -> ``claimed`` (and -> the task function
    starts), one task at a time; the same for SAQ and arq (enqueue -> job starts);
 3. a dead worker's task resumed elsewhere: SIGKILL the worker running a long task,
@@ -108,6 +109,7 @@ class Plan:
     tasks: int = 2000
     rounds: int = 3
     concurrency: int = 10
+    producers: int = 1
     warmup: int = 100
     pickup_samples: int = 200
     arq_pickup_samples: int = 20
@@ -544,6 +546,24 @@ def throughput_result(
 POLL_S = 0.005
 """How often completion is polled during a throughput run (one cheap round trip)."""
 
+
+async def produce(n: int, producers: int, one: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """Call ``one()`` ``n`` times from ``producers`` concurrent loops, each awaiting its
+    calls one after another (1: a single sequential producer); returns the results."""
+    if producers <= 1:
+        return [await one() for _ in range(n)]
+    results: list[Any] = []
+
+    async def loop(count: int) -> None:
+        for _ in range(count):
+            results.append(await one())
+
+    async with anyio.create_task_group() as tg:
+        for i in range(producers):
+            tg.start_soon(loop, n // producers + (1 if i < n % producers else 0))
+    return results
+
+
 DONE_TIMEOUT_S = 300.0
 
 
@@ -556,7 +576,7 @@ async def axon_outstanding(queue: Queue) -> int:
     """Tasks in the lanes or in flight: zero once every submitted task finished.
 
     A task leaves the in-flight set (``Queue.release``) only after its terminal
-    event was appended, and ``claim_next`` moves ids from a lane to the set in
+    event was appended, and the claim script moves ids from a lane to the set in
     one script, so lanes + in-flight = 0 means all done.
     """
     keys = queue.keys
@@ -591,14 +611,15 @@ async def axon_drop(queue: Queue, ids: list[str]) -> None:
         await client.unlink(*keys)
 
 
-async def axon_throughput(queue: Queue, worker: WorkerProcess, n: int) -> dict[str, Any]:
-    """Submit ``n`` no-op mock tasks one after another, wait until all succeeded."""
+async def axon_throughput(
+    queue: Queue, worker: WorkerProcess, n: int, producers: int = 1
+) -> dict[str, Any]:
+    """Submit ``n`` no-op mock tasks (``producers`` loops, each one after another), wait
+    until all succeeded."""
     meter = Meter(plain_client(queue.store), worker)
     await meter.begin()
-    ids: list[str] = []
     t0 = time.perf_counter()
-    for _ in range(n):
-        ids.append((await queue.submit(NOOP)).id)
+    ids = [r.id for r in await produce(n, producers, lambda: queue.submit(NOOP))]
     t_enqueued = time.perf_counter()
 
     async def done() -> bool:
@@ -637,13 +658,11 @@ class SaqClient:
         """Disconnect."""
         await self.queue.disconnect()
 
-    async def run(self, n: int, function: str = "saq_noop") -> list[str]:
-        """Enqueue ``n`` jobs one after another; returns their keys."""
-        keys = []
-        for _ in range(n):
-            job = await self.queue.enqueue(function)
-            keys.append(job.key)
-        return keys
+    async def run(self, n: int, function: str = "saq_noop", producers: int = 1) -> list[str]:
+        """Enqueue ``n`` jobs (``producers`` loops, each one after another); returns their
+        keys."""
+        jobs = await produce(n, producers, lambda: self.queue.enqueue(function))
+        return [job.key for job in jobs]
 
     async def idle(self) -> bool:
         """True when no job is incomplete (queued, active or scheduled)."""
@@ -659,13 +678,13 @@ class SaqClient:
 
 
 async def saq_throughput(
-    client: SaqClient, worker: WorkerProcess, redis: Redis, n: int
+    client: SaqClient, worker: WorkerProcess, redis: Redis, n: int, producers: int = 1
 ) -> dict[str, Any]:
-    """SAQ: ``n`` no-op jobs enqueued one after another until all complete."""
+    """SAQ: ``n`` no-op jobs enqueued as Axon's tasks are, until all complete."""
     meter = Meter(redis, worker)
     await meter.begin()
     t0 = time.perf_counter()
-    keys = await client.run(n)
+    keys = await client.run(n, producers=producers)
     t_enqueued = time.perf_counter()
     t_done = await wait_until(client.idle, limit_s=DONE_TIMEOUT_S, interval=POLL_S, what="saq")
     cpu = await meter.end(n)
@@ -720,13 +739,13 @@ class ArqClient:
 
 
 async def arq_throughput(
-    client: ArqClient, worker: WorkerProcess, redis: Redis, n: int
+    client: ArqClient, worker: WorkerProcess, redis: Redis, n: int, producers: int = 1
 ) -> dict[str, Any]:
-    """arq: ``n`` no-op jobs enqueued one after another until all finished."""
+    """arq: ``n`` no-op jobs enqueued as Axon's tasks are, until all finished."""
     meter = Meter(redis, worker)
     await meter.begin()
     t0 = time.perf_counter()
-    ids = [(await client.enqueue("arq_noop")).job_id for _ in range(n)]
+    ids = [job.job_id for job in await produce(n, producers, lambda: client.enqueue("arq_noop"))]
     t_enqueued = time.perf_counter()
     t_done = await wait_until(client.idle, limit_s=DONE_TIMEOUT_S, interval=POLL_S, what="arq")
     cpu = await meter.end(n)
@@ -1187,19 +1206,23 @@ async def throughput_rounds(
         tag = f"round {index}/{plan.rounds}"
         row: dict[str, Any] = {"round": index}
         progress(f"(1) {tag}: axon, {n:,} no-op tasks ...")
-        row["axon"] = await axon_throughput(queue, axon_worker, n)
+        row["axon"] = await axon_throughput(queue, axon_worker, n, plan.producers)
         progress(f"(1) {tag}: axon {_rate(row['axon'])}")
         if peers.saq is not None and peers.saq_worker is not None:
             progress(f"(1) {tag}: saq, {n:,} no-op jobs ...")
             try:
-                row["saq"] = await saq_throughput(peers.saq, peers.saq_worker, redis, n)
+                row["saq"] = await saq_throughput(
+                    peers.saq, peers.saq_worker, redis, n, plan.producers
+                )
                 progress(f"(1) {tag}: saq {_rate(row['saq'])}")
             except Exception as exc:
                 row["saq"] = failure("saq", exc)
         if peers.arq is not None and peers.arq_worker is not None:
             progress(f"(1) {tag}: arq, {n:,} no-op jobs ...")
             try:
-                row["arq"] = await arq_throughput(peers.arq, peers.arq_worker, redis, n)
+                row["arq"] = await arq_throughput(
+                    peers.arq, peers.arq_worker, redis, n, plan.producers
+                )
                 progress(f"(1) {tag}: arq {_rate(row['arq'])}")
             except Exception as exc:
                 row["arq"] = failure("arq", exc)
@@ -1584,8 +1607,8 @@ def replace_prefix(settings: Settings, prefix: str) -> Settings:
 
 
 PROFILE_STEPS = {
-    ("axon/worker.py", "_claim_loop"): "claim loop (claim_next + waiting for work)",
-    ("axon/queue.py", "claim_next"): "  queue.claim_next (script)",
+    ("axon/worker.py", "_claim_loop"): "claim loop (claim_batch + waiting for work)",
+    ("axon/queue.py", "claim_batch"): "  queue.claim_batch (script, up to every free slot)",
     ("axon/queue.py", "wait_for_work"): "  queue.wait_for_work (XREAD BLOCK on the signal stream)",
     ("axon/worker.py", "_claim_and_run"): "one task, claim to release (_claim_and_run)",
     ("axon/store.py", "get_task"): "  store.get_task (HGETALL + TaskRecord.from_hash)",
@@ -1595,6 +1618,7 @@ PROFILE_STEPS = {
     ("axon/worker.py", "_execute"): "  worker._execute (the mock adapter)",
     ("axon/writer.py", "finish"): "  writer.finish ('succeeded' append)",
     ("axon/queue.py", "release"): "  queue.release (ZREM in-flight)",
+    ("axon/autopipeline.py", "_flush"): "auto-pipeline flushes (one round trip each)",
     ("axon/worker.py", "_heartbeat_loop"): "heartbeat loop",
     ("axon/worker.py", "_watchdog_loop"): "watchdog loop",
     ("redis/asyncio/client.py", "execute_command"): "redis-py execute_command (every call)",
@@ -1702,9 +1726,14 @@ def metrics_table(results: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
     for name in ("rq", "celery"):
         add(f"(1) no-op throughput vs {name} (tasks/s)", ours, tp.get(name, {}).get("tasks_per_s"))
     enqueue = tp.get("axon", {}).get("enqueue_per_s")
+    producing = (
+        "one client, sequential"
+        if plan.producers <= 1
+        else f"one client, {plan.producers} concurrent producers"
+    )
     for name in ("saq", "arq"):
         add(
-            f"(1) enqueue alone vs {name} (tasks/s, one client, sequential)",
+            f"(1) enqueue alone vs {name} (tasks/s, {producing})",
             enqueue,
             tp.get(name, {}).get("enqueue_per_s"),
         )
@@ -1807,9 +1836,17 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     tp = results.get("throughput", {})
+    producers = plan.get("producers", 1)
+    producing = (
+        "one client enqueues N no-op tasks one after another (awaiting each)"
+        if producers <= 1
+        else f"one client enqueues N no-op tasks from {producers} concurrent loops, each "
+        "awaiting its enqueues one after another (the same for Axon, SAQ and arq; RQ and "
+        "Celery, synchronous, enqueue one after another)"
+    )
     lines.append(
-        "- (1) Throughput: one client enqueues N no-op tasks one after another (awaiting "
-        "each) while the peer's worker runs them; timed from the first enqueue until "
+        f"- (1) Throughput: {producing} while the peer's worker runs them; timed from the "
+        "first enqueue until "
         f"completion is seen (polled every {POLL_S * 1000:g} ms), then every task's final "
         "state is checked. Medians over rounds. Per peer: tasks/s end to end; enqueue alone; "
         "CPU us per task of worker / server / client process; server calls per task "
@@ -1952,6 +1989,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a smaller run, under ~60 s")
     parser.add_argument(
+        "--producers",
+        type=int,
+        help="concurrent enqueue loops in the throughput runs of Axon, SAQ and arq alike "
+        "(default 1: one client enqueuing one after another)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="also run the axon worker under cProfile once"
     )
     parser.add_argument(
@@ -1965,6 +2008,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.tasks < 1:
             parser.error("--tasks must be positive")
         plan = replace(plan, tasks=args.tasks)
+    if args.producers is not None:
+        if args.producers < 1:
+            parser.error("--producers must be positive")
+        plan = replace(plan, producers=args.producers)
 
     with tempfile.TemporaryDirectory(prefix="axon-bench-tasks-") as tmp:
         logs = Path(tmp) / "logs"

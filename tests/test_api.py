@@ -322,6 +322,28 @@ async def test_cancel_is_accepted_and_idempotent(make_api: Callable[..., Api]) -
     ]
 
 
+async def test_cancel_reason_is_kept_and_bad_bodies_refused(make_api: Callable[..., Api]) -> None:
+    """A cancel body's reason lands on the task and in its canceled event; a body that is
+    not {"reason": string} is a 400/422 and cancels nothing."""
+    api = make_api()
+    async with client(api) as http:
+        task_id = (await create(http))["id"]
+        refused = [
+            await http.post(f"/v1/tasks/{task_id}/cancel", content=body)
+            for body in (b"{", b'{"reason": ""}', b'{"reason": 5}', b'{"why": "x"}', b"[]")
+        ]
+        still = (await http.get(f"/v1/tasks/{task_id}")).json()
+        done = await http.post(f"/v1/tasks/{task_id}/cancel", json={"reason": "superseded"})
+    assert [r.status_code for r in refused] == [400, 422, 422, 422, 422]
+    assert all(r.json()["error"]["code"] in ("malformed_json", "validation_error") for r in refused)
+    assert still["state"] == "queued"
+    assert done.status_code == 202
+    assert done.json()["cancel_reason"] == "superseded"
+    last = json.loads((await stored_bytes(api, task_id))[-1])
+    assert last["kind"] == "canceled"
+    assert last["data"] == {"reason": "superseded", "ran": False}
+
+
 # -- bad input ---------------------------------------------------------------------------
 
 

@@ -147,18 +147,23 @@ async def test_errors_are_one_line_with_exit_codes(
 
 
 async def test_cancel_through_the_api(make_api: Callable[..., Api], worker: Worker) -> None:
-    """`axon cancel` with an API key goes through the API; a followed task then ends
-    canceled (exit 1)."""
+    """`axon cancel --reason` with an API key goes through the API; a followed task then
+    ends canceled (exit 1), the reason in its canceled event."""
     api = make_api()
     cli = Cli(api, api.admin)
     code, out, _ = await cli("start", "mock", "--json", '{"forever": true, "interval_ms": 20}')
     task_id = out.strip()
-    code, out, err = await cli("cancel", task_id)
+    code, out, err = await cli("cancel", task_id, "--reason", "wrong branch")
     assert code == 0, err
     assert json.loads(out)["id"] == task_id
+    assert json.loads(out)["cancel_reason"] == "wrong branch"
     code, _, err = await cli("logs", task_id, "-f")
     assert code == 1
     assert "canceled" in err
+    code, out, _ = await cli("logs", task_id, "--json")
+    last = json.loads(out.strip().splitlines()[-1])
+    assert last["kind"] == "canceled"
+    assert last["data"]["reason"] == "wrong branch"
 
 
 async def read_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:

@@ -328,3 +328,92 @@ async def test_cancel_of_a_task_whose_worker_died_ends_canceled(queue: Queue) ->
     assert done.state is TaskState.CANCELED
     assert (await kinds(queue.store, record.id))[-1] == "canceled"
     assert (await queue.depth())["inflight"] == 0
+
+
+async def test_batch_claim_follows_priority_and_fairness(queue: Queue) -> None:
+    """A batch claim takes what that many single claims would: fairness claims from the
+    lowest lane, the rest highest lane first, oldest first; all land in the in-flight set."""
+    from axon.store import now_ms
+
+    ids: dict[str, list[str]] = {"high": [], "default": [], "low": []}
+    for lane in ("low", "default", "high", "low", "default", "high", "low", "default"):
+        ids[lane].append((await queue.submit(spec(count=0, lane=lane))).id)
+    fairness = queue.settings.lane_fairness
+    deadline = now_ms() + 60_000
+    # Claims fairness-1 .. fairness+3: exactly one of them scans lanes lowest first.
+    first = await queue.claim_batch(5, claim_number=fairness - 1, deadline_ms=deadline)
+    assert first == [
+        (ids["low"][0], "low"),
+        (ids["high"][0], "high"),
+        (ids["high"][1], "high"),
+        (ids["default"][0], "default"),
+        (ids["default"][1], "default"),
+    ]
+    # Claims 2f-4 .. 2f+5 include the fairness claim 2f-1; only three tasks are left.
+    rest = await queue.claim_batch(10, claim_number=2 * fairness - 4, deadline_ms=deadline)
+    assert rest == [
+        (ids["low"][1], "low"),
+        (ids["default"][2], "default"),
+        (ids["low"][2], "low"),
+    ]
+    assert await queue.claim_batch(3, claim_number=0, deadline_ms=deadline) == []
+    depth = await queue.depth()
+    assert depth["inflight"] == 8
+    assert depth["high"] == depth["default"] == depth["low"] == 0
+
+
+async def test_worker_claims_free_slots_in_one_batch(queue: Queue) -> None:
+    """A worker with free slots claims several queued tasks at once and runs them all."""
+    records = [await queue.submit(spec(count=1)) for _ in range(12)]
+    async with running_worker(queue, concurrency=5) as worker:
+        for record in records:
+            await wait_state(queue.store, record.id, {TaskState.SUCCEEDED})
+    assert worker.statistics().claimed == 12
+    assert (await queue.depth())["inflight"] == 0
+    for record in records:
+        assert await kinds(queue.store, record.id) == ["queued", "claimed", "tick", "succeeded"]
+
+
+async def test_submit_indexes_creates_and_enqueues(queue: Queue) -> None:
+    """Submit lists the task for its tenant, creates it and queues it: in one script on a
+    single server, in three ordered steps on a cluster (keys in different slots)."""
+    store = queue.store
+    record = await queue.submit(spec(count=0, lane="low"))
+    assert store.one_server is not store.settings.redis_cluster
+    assert (await store.get_task(record.id)).state is TaskState.QUEUED
+    assert await store.redis.zscore(store.keys.tenant_tasks("acme"), record.id) == 0
+    assert await store.redis.lrange(store.keys.lane("low"), 0, -1) == [record.id.encode()]
+    signals: Any = await store.redis.xrevrange(store.keys.signal(), count=1)
+    assert signals[0][1] == {b"t": record.id.encode()}
+    # The same id again is refused and queued nowhere a second time.
+    from axon.errors import TaskExists
+
+    with pytest.raises(TaskExists):
+        await queue.submit(spec(count=0, lane="low"), task_id=record.id)
+    assert await store.redis.llen(store.keys.lane("low")) == 1
+
+
+async def test_finish_with_release_leaves_the_queue_in_the_same_script(queue: Queue) -> None:
+    """On a single server a terminal append with release also takes the task out of the
+    in-flight set and lists it for the compactor; on a cluster the caller does that."""
+    from axon.store import now_ms
+    from axon.writer import EventWriter
+
+    store = queue.store
+    record = await queue.submit(spec(count=0))
+    assert await queue.claim_batch(1, claim_number=0, deadline_ms=now_ms() + 60_000) == [
+        (record.id, "default")
+    ]
+    writer = EventWriter(store, record.id, epoch=0)
+    await writer.transition(TaskState.RUNNING, "claimed", {"worker": "w"}, new_epoch=1)
+    await writer.finish(TaskState.SUCCEEDED, {"ok": True}, release=True)
+    inflight = await store.redis.zscore(store.keys.inflight(), record.id)
+    finished = await store.redis.zscore(store.keys.finished(), record.id)
+    if store.one_server:
+        assert inflight is None
+        assert finished is not None
+    else:
+        assert inflight is not None
+        assert finished is None
+        await queue.release(record.id)
+    assert (await queue.depth())["inflight"] == 0

@@ -3,6 +3,10 @@
 -- anything is written, so a rejected batch writes nothing.
 --
 -- KEYS[1] task hash, KEYS[2] events stream
+-- KEYS[3], KEYS[4] optional, single server only: the queue's in-flight set and
+--   finished set. With them, a batch that ends the task (terminal target) also
+--   releases it, as release.lua does: out of the in-flight set, onto the
+--   compactor's to-do list.
 -- ARGV[1] expected head seq      ARGV[2] expected head hash
 -- ARGV[3] writer's epoch (fencing token)
 -- ARGV[4] head hash after the batch (hash of the last event's bytes)
@@ -35,10 +39,19 @@ local nfields = tonumber(ARGV[9])
 local first = 10 + 2 * nfields
 local last = #ARGV
 
+local function release()
+  if KEYS[4] and TERMINAL[ARGV[5]] then
+    local id = string.match(KEYS[1], '{([^}]*)}:task$')
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('ZADD', KEYS[4], ARGV[7], id)
+  end
+end
+
 -- A replay of a batch that already landed (the client retried after losing the
 -- reply): the head is exactly where this batch put it, so report success rather
 -- than a stale head, a fence or a terminal state that this very batch caused.
 if rec[4] == ARGV[4] and tonumber(rec[3]) == tonumber(ARGV[1]) + (last - first + 1) / 2 then
+  release()
   return {'ok', tonumber(rec[3])}
 end
 
@@ -103,4 +116,5 @@ for i = 10, 9 + 2 * nfields, 2 do
   end
 end
 redis.call('PUBLISH', string.sub(task, 1, -5) .. 'tail', seq)
+release()
 return {'ok', seq}

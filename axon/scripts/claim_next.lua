@@ -1,14 +1,39 @@
--- Take the first task id from the first non-empty lane, in the order given, and
--- record it as in flight with a deadline, in one step: a worker that dies right
--- after this still leaves the id where the watchdog will find it.
--- KEYS[1] in-flight sorted set, KEYS[2..] lanes in the order to try
--- ARGV[1] deadline (ms) for the claim to be completed or renewed
--- Returns {task id, index of the lane in KEYS[2..] (1-based)} or false.
-for i = 2, #KEYS do
-  local id = redis.call('LPOP', KEYS[i])
-  if id then
-    redis.call('ZADD', KEYS[1], ARGV[1], id)
-    return {id, i - 1}
+-- Take up to n task ids from the lanes and record each as in flight with a
+-- deadline, in one step: a worker that dies right after this still leaves the
+-- ids where the watchdog will find them.
+-- KEYS[1] in-flight sorted set, KEYS[2..] lanes, highest priority first
+-- ARGV[1] deadline (ms) for the claims to be completed or renewed
+-- ARGV[2] n: how many ids to take at most (default 1)
+-- ARGV[3] r: how many of those scan the lanes lowest first (lane fairness; default 0)
+-- The r fairness claims take one id each from the lowest non-empty lane; the
+-- rest take ids from the first non-empty lane in order, then the next.
+-- Returns {id, lane index in KEYS[2..] (1-based), id, lane index, ...}, possibly empty.
+local n = tonumber(ARGV[2] or '1')
+local reversed = math.min(tonumber(ARGV[3] or '0'), n)
+local lanes = #KEYS - 1
+local out = {}
+for _ = 1, reversed do
+  for i = lanes, 1, -1 do
+    local id = redis.call('LPOP', KEYS[i + 1])
+    if id then
+      redis.call('ZADD', KEYS[1], ARGV[1], id)
+      out[#out + 1] = id
+      out[#out + 1] = i
+      break
+    end
   end
 end
-return false
+local want = n - #out / 2
+for i = 1, lanes do
+  if want <= 0 then break end
+  local ids = redis.call('LPOP', KEYS[i + 1], want)
+  if ids then
+    for _, id in ipairs(ids) do
+      redis.call('ZADD', KEYS[1], ARGV[1], id)
+      out[#out + 1] = id
+      out[#out + 1] = i
+    end
+    want = want - #ids
+  end
+end
+return out
