@@ -95,6 +95,7 @@ def build_server(
         access_log=False,  # axon.access writes one line per request instead
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
         backlog=4096,
+        timeout_keep_alive=settings.http_keepalive_s,
         server_header=False,
     )
     return ApiServer(config, app)

@@ -56,6 +56,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             busy waits for one. Cluster pools keep redis-py's own limit.
         api_host / api_port: where ``axon serve`` listens.
         max_body_bytes: largest request body the API accepts (413 beyond).
+        http_keepalive_s: how long the API keeps an idle HTTP/1.1 connection open.
+            Longer than clients' and load balancers' own idle timeouts (httpx 5 s,
+            most balancers 60 s), so the client always closes first: a server that
+            closes a connection just as a client reuses it fails that request.
         sse_keepalive_s: idle time after which an SSE stream sends a keep-alive comment.
         sse_retry_ms: the ``retry:`` hint SSE clients get for reconnecting.
         sse_send_timeout_s: a client that accepts no bytes for this long is disconnected.
@@ -123,6 +127,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     max_body_bytes: int = 1 << 20
+    http_keepalive_s: int = 65
     sse_keepalive_s: float = 15.0
     sse_retry_ms: int = 2000
     sse_send_timeout_s: float = 30.0
@@ -195,6 +200,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "tail_buffer_events",
             "idempotency_ttl_s",
             "mcp_max_waiting",
+            "http_keepalive_s",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
@@ -339,6 +345,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             api_host=env.get("AXON_API_HOST") or "127.0.0.1",
             api_port=integer("AXON_API_PORT", 8000),
             max_body_bytes=integer("AXON_MAX_BODY_BYTES", 1 << 20),
+            http_keepalive_s=integer("AXON_HTTP_KEEPALIVE_S", 65),
             sse_keepalive_s=number("AXON_SSE_KEEPALIVE_S", 15.0),
             sse_retry_ms=integer("AXON_SSE_RETRY_MS", 2000),
             sse_send_timeout_s=number("AXON_SSE_SEND_TIMEOUT_S", 30.0),

@@ -490,6 +490,30 @@ async def test_unknown_route_is_a_json_404(make_api: Callable[..., Api]) -> None
             assert error["details"] == {"path": path}
 
 
+async def test_idle_connections_are_kept_for_http_keepalive_s(
+    make_api: Callable[..., Api],
+) -> None:
+    """An idle keep-alive connection is closed by the server after ``http_keepalive_s``,
+    not uvicorn's 5 s default (which equals httpx's own idle expiry, so a reused
+    connection could race the server's close)."""
+    api = make_api(http_keepalive_s=1)
+    async with await anyio.connect_tcp("127.0.0.1", api.port) as conn:
+        await conn.send(b"GET /healthz HTTP/1.1\r\nHost: axon\r\n\r\n")
+        reply = b""
+        with anyio.fail_after(5):
+            while b"\r\n\r\n" not in reply:
+                reply += await conn.receive()
+        assert reply.startswith(b"HTTP/1.1 200")
+        started = anyio.current_time()
+        with anyio.fail_after(4):  # uvicorn's default would close only after 5 s
+            try:
+                while await conn.receive():
+                    pass
+            except anyio.EndOfStream:
+                pass
+        assert anyio.current_time() - started >= 0.5  # it stayed open, then closed
+
+
 async def test_wrong_method_is_a_json_405(make_api: Callable[..., Api]) -> None:
     """A known path with a method it does not serve is a JSON 405 with an Allow header."""
     api = make_api()
