@@ -39,6 +39,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from axon import metrics
 from axon.connection import node_client
 from axon.errors import AxonError
 from axon.events import TERMINAL_KINDS, kind_bytes_of
@@ -301,6 +302,7 @@ class Tailer:
             except (AxonError, RedisError, OSError):
                 # Redis is unreachable or refused: try again after a pause. Subscribers
                 # keep their keep-alives going meanwhile and lose nothing.
+                metrics.redis_error()
                 for tail in dirty:
                     self._mark_dirty(tail)
                 await anyio.sleep(0.5)
@@ -370,6 +372,7 @@ class Tailer:
                 # Lost the connection (the reader and the (un)subscribe sender share a
                 # task group, hence except*): reconnect; every tail re-reads from its head.
                 self._reconnects += 1
+                metrics.redis_error()
             started = True
             if time.monotonic() - connected_at > 10:
                 backoff = 0.1

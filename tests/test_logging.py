@@ -16,8 +16,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
 
 import axon
+from axon.api import create_app
 from axon.apikeys import KeyStore, Role
 from axon.connection import open_store
 from axon.embedded import ServerProcess
@@ -156,6 +159,35 @@ async def test_task_lines_carry_the_task_id(store: Store, captured: io.StringIO)
     assert [line["task_id"] for line in lines] == [record.id]
     assert lines[0]["message"] == "working on it"
     assert "request_id" not in lines[0]
+
+
+async def test_an_unhandled_error_is_a_json_500_with_its_request_id(
+    store: Store, captured: io.StringIO
+) -> None:
+    """A bug in a route answers a JSON ``internal_error`` (no traceback in the body)
+    that echoes the request id, and the error line and the access line both carry it,
+    so an operator finds the traceback from the id a user reports."""
+
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("a bug with a secret-free message")
+
+    app = create_app(store.settings, store=store)
+    app.add_route("/broken", broken, methods=["GET"])
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://axon") as http:
+        reply = await http.get("/broken", headers={"x-request-id": "req-500"})
+    assert reply.status_code == 500
+    assert reply.headers["x-request-id"] == "req-500"
+    body = reply.json()
+    assert body["error"]["code"] == "internal_error"
+    assert "Traceback" not in reply.text
+    assert "RuntimeError" not in reply.text
+    lines = [line for line in json_lines(captured.getvalue()) if line.get("request_id")]
+    error = [line for line in lines if line["logger"] == "axon.api"]
+    access = [line for line in lines if line["logger"] == "axon.access"]
+    assert [line["request_id"] for line in error] == ["req-500"]
+    assert "RuntimeError" in json.dumps(error[0])  # the traceback is in the log
+    assert [(line["request_id"], line["status"]) for line in access] == [("req-500", 500)]
 
 
 def test_secrets_are_redacted_in_both_formats() -> None:

@@ -13,6 +13,7 @@ import pytest
 from httpx_sse import aconnect_sse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from axon.apikeys import KeyStore, Role
 from axon.chain import verify_chain
@@ -360,6 +361,13 @@ async def test_client_that_stops_reading_is_cut_off(make_api: Callable[..., Api]
     stream.close()
 
 
+def api_redis_errors() -> float:
+    """``axon_redis_errors_total{component="api"}`` of this process (the server runs in
+    a thread of it)."""
+    value = REGISTRY.get_sample_value("axon_redis_errors_total", {"component": "api"})
+    return value or 0.0
+
+
 async def test_stream_survives_a_redis_restart(tmp_path: Path, store: Store) -> None:
     """Redis restarting under a live stream: the stream stays open, the live tail
     reconnects, and the events appended afterwards arrive with no gap or duplicate."""
@@ -376,8 +384,10 @@ async def test_stream_survives_a_redis_restart(tmp_path: Path, store: Store) -> 
                 server.port, f"/v1/tasks/{writer.task_id}/events", key=key
             )
             frames = list(await stream.next_frames() or [])
+            errors_before = api_redis_errors()
             await anyio.to_thread.run_sync(own.restart)
             await wait_for(lambda: services.tailer.statistics().reconnects >= 1)
+            assert api_redis_errors() > errors_before  # the lost connection is counted
             await wait_for(lambda: services.tailer.connected)
             async with open_store(settings) as own_store:
                 writer = EventWriter(own_store, writer.task_id, epoch=0)
