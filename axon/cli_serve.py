@@ -16,6 +16,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from axon.receiptkey import init_key, load_signer
 from axon.server import ApiServer, build_server
 from axon.settings import Settings
 from axon.store import Store
+from axon.supervisor import Supervisor
 from axon.worker import Worker
 
 COMMANDS = frozenset({"serve", "dev"})
@@ -55,6 +57,15 @@ def add_commands(commands: Any) -> None:
     serve.add_argument(
         "--port", type=int, help="listen port (default: AXON_API_PORT or 8000; 0 picks one)"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="API processes sharing the port, to use N cores (default: AXON_API_WORKERS or 1); "
+        "their /metrics are merged",
+    )
+    # Internal: a child of `serve --workers` accepting on the listening socket it inherited.
+    serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     dev = commands.add_parser(
         "dev",
         help="run everything locally (embedded Valkey, API, worker) until Ctrl-C",
@@ -83,6 +94,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         if settings.redis_url is None:
             raise ConfigError("set REDIS_URL to the Redis to serve (or run `axon dev`)")
+        if args.workers is not None:
+            if args.workers < 1:
+                raise ConfigError("--workers must be at least 1")
+            settings = msgspec.structs.replace(settings, api_workers=args.workers)
+        if args.fd is not None:
+            return anyio.run(_serve, settings, socket.socket(fileno=args.fd), backend_options=_LOOP)
+        if settings.api_workers > 1:
+            return Supervisor(settings, settings.api_workers).run()
         return anyio.run(_serve, settings, backend_options=_LOOP)
     data_dir = args.data_dir if args.data_dir is not None else Path(settings.data_dir)
     return _dev(msgspec.structs.replace(settings, data_dir=str(data_dir)), data_dir)
@@ -122,18 +141,23 @@ def receipt_signer(settings: Settings, *, create: bool = False) -> NoteSigner | 
     return signer
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, sock: socket.socket | None = None) -> int:
     tune_gc()
     server = build_server(settings, signer=receipt_signer(settings))
-    return await _run_until_signal(server, settings)
+    return await _run_until_signal(server, settings, sock=sock)
 
 
 async def _run_until_signal(
-    server: ApiServer, settings: Settings, *, data_dir: Path | None = None
+    server: ApiServer,
+    settings: Settings,
+    *,
+    data_dir: Path | None = None,
+    sock: socket.socket | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM, then drain. With ``data_dir`` (``axon dev``) a worker
     runs beside the API and a dev key is ensured; on a signal the worker hands its
-    running tasks back before the process exits."""
+    running tasks back before the process exits. With ``sock`` (a child of ``serve
+    --workers``) it accepts on that listening socket instead of binding its own."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as group:
             draining = anyio.Event()
@@ -141,7 +165,7 @@ async def _run_until_signal(
             async def serve() -> None:
                 # uvicorn exits on a failed start (port taken, lifespan error).
                 with contextlib.suppress(SystemExit):
-                    await server.serve()
+                    await server.serve(sockets=None if sock is None else [sock])
                 if not draining.is_set():  # it stopped on its own: stop everything
                     group.cancel_scope.cancel()
 

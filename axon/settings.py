@@ -55,6 +55,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             has a command pool and a blocking pool); a request that finds them all
             busy waits for one. Cluster pools keep redis-py's own limit.
         api_host / api_port: where ``axon serve`` listens.
+        api_workers: API processes ``axon serve`` runs on that port (``axon.supervisor``).
         max_body_bytes: largest request body the API accepts (413 beyond).
         http_keepalive_s: how long the API keeps an idle HTTP/1.1 connection open.
             Longer than clients' and load balancers' own idle timeouts (httpx 5 s,
@@ -126,6 +127,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_max_connections: int = 64
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_workers: int = 1
     max_body_bytes: int = 1 << 20
     http_keepalive_s: int = 65
     sse_keepalive_s: float = 15.0
@@ -201,6 +203,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "idempotency_ttl_s",
             "mcp_max_waiting",
             "http_keepalive_s",
+            "api_workers",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
@@ -344,6 +347,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             redis_max_connections=integer("AXON_REDIS_MAX_CONNECTIONS", 64),
             api_host=env.get("AXON_API_HOST") or "127.0.0.1",
             api_port=integer("AXON_API_PORT", 8000),
+            api_workers=integer("AXON_API_WORKERS", 1),
             max_body_bytes=integer("AXON_MAX_BODY_BYTES", 1 << 20),
             http_keepalive_s=integer("AXON_HTTP_KEEPALIVE_S", 65),
             sse_keepalive_s=number("AXON_SSE_KEEPALIVE_S", 15.0),
