@@ -165,6 +165,16 @@ BackendOf = Callable[[Context], Awaitable[TaskBackend]]
 """Finds the backend (and so the tenant and role) of the caller of a tool call."""
 
 _TaskId = Annotated[str, Field(description="the task's id, as start_task returned it")]
+_MaxEvents = Annotated[int, Field(description="at most this many events", ge=1, le=MAX_EVENTS)]
+_WaitS = Annotated[
+    float,
+    Field(
+        description="if there is nothing new yet, wait up to this long for the next "
+        "event (long-poll); 0 returns at once",
+        ge=0,
+        le=MAX_WAIT_S,
+    ),
+]
 
 
 def build_server(backend_of: BackendOf, *, limits: WaitLimits | None = None) -> MCPServer:
@@ -271,18 +281,8 @@ def build_server(backend_of: BackendOf, *, limits: WaitLimits | None = None) -> 
                 ge=0,
             ),
         ] = 0,
-        max_events: Annotated[
-            int, Field(description="at most this many events", ge=1, le=MAX_EVENTS)
-        ] = 100,
-        wait_s: Annotated[
-            float,
-            Field(
-                description="if there is nothing new yet, wait up to this long for the next "
-                "event (long-poll); 0 returns at once",
-                ge=0,
-                le=MAX_WAIT_S,
-            ),
-        ] = 0,
+        max_events: _MaxEvents = 100,
+        wait_s: _WaitS = 0,
         include_raw: Annotated[
             bool, Field(description="also return each event's exact bytes (to verify hashes)")
         ] = False,
@@ -313,13 +313,8 @@ def build_server(backend_of: BackendOf, *, limits: WaitLimits | None = None) -> 
             int,
             Field(description="the seq of the last event you received (0 if none)", ge=0),
         ],
-        max_events: Annotated[
-            int, Field(description="at most this many events", ge=1, le=MAX_EVENTS)
-        ] = 100,
-        wait_s: Annotated[
-            float,
-            Field(description="wait up to this long for a new event", ge=0, le=MAX_WAIT_S),
-        ] = 0,
+        max_events: _MaxEvents = 100,
+        wait_s: _WaitS = 0,
     ) -> Annotated[CallToolResult, EventBatch]:
         """Pick up a task where you left off after losing your session: the events
         after last_seq, exactly as stream_task(since_seq=last_seq) returns them."""
