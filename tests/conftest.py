@@ -18,6 +18,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import anyio
 import msgspec
 import pytest
 
@@ -25,8 +26,10 @@ from axon.apikeys import KeyStore, Role
 from axon.connection import open_store
 from axon.embedded import ServerProcess, redis_binary, valkey_binary
 from axon.notes import NoteSigner
+from axon.queue import Queue
 from axon.settings import Settings
 from axon.store import Store
+from axon.worker import Worker
 from tests import servers
 from tests.apiserver import LiveServer
 
@@ -152,6 +155,17 @@ class Api(msgspec.Struct, kw_only=True):
         port = self.server.port
         self.server.drain()
         self.server = LiveServer(self.settings, port=port, signer=self.signer).start()
+
+
+@pytest.fixture
+async def worker(store: Store) -> AsyncIterator[Worker]:
+    """A worker running in-process on the test's Redis (mock, python and shell adapters),
+    stopped (its running tasks handed back) when the test ends."""
+    worker = Worker(Queue(store))
+    async with anyio.create_task_group() as group:
+        await group.start(worker.run)
+        yield worker
+        worker.stop()
 
 
 @pytest.fixture

@@ -8,15 +8,13 @@ import os
 import pty
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
 
 from axon.apikeys import Role
-from axon.queue import Queue
-from axon.store import Store
 from axon.worker import Worker
 from tests import worker_tasks
 from tests.conftest import Api
@@ -25,16 +23,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("backend", ["valkey"], 
 
 AXON = [sys.executable, "-m", "axon"]
 TASKS = worker_tasks.__name__  # registers test.progress with the in-process worker
-
-
-@pytest.fixture
-async def worker(store: Store) -> AsyncIterator[Worker]:
-    """A worker running in-process on the test's Redis."""
-    worker = Worker(Queue(store))
-    async with anyio.create_task_group() as group:
-        await group.start(worker.run)
-        yield worker
-        worker.stop()
 
 
 class Cli:

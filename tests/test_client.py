@@ -33,7 +33,6 @@ from axon.errors import (
 from axon.notes import NoteVerifier
 from axon.queue import Queue
 from axon.records import TaskSpec, TaskState
-from axon.store import Store
 from axon.verify import verify_receipt
 from axon.worker import Worker
 from axon.writer import EventWriter
@@ -49,16 +48,6 @@ TICKING = {"forever": True, "interval_ms": 20}
 def backend(valkey: ServerProcess) -> Backend:
     """The client is about HTTP: its tests run on Valkey only."""
     return Backend(name="valkey", url=valkey.url, cluster=False, aof=True)
-
-
-@pytest.fixture
-async def worker(store: Store) -> AsyncIterator[Worker]:
-    """A worker running in-process on the test's Redis (mock adapter and friends)."""
-    worker = Worker(Queue(store))
-    async with anyio.create_task_group() as group:
-        await group.start(worker.run)
-        yield worker
-        worker.stop()
 
 
 @pytest.fixture

@@ -56,16 +56,6 @@ def backend(valkey: ServerProcess) -> Backend:
 
 
 @pytest.fixture
-async def worker(store: Store) -> AsyncIterator[Worker]:
-    """A worker running in-process on the test's Redis."""
-    worker = Worker(Queue(store))
-    async with anyio.create_task_group() as group:
-        await group.start(worker.run)
-        yield worker
-        worker.stop()
-
-
-@pytest.fixture
 async def api(make_api: Callable[..., Api]) -> Api:
     return make_api()
 
