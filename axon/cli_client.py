@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     """Run a user-facing command; returns the exit code."""
     err = Console(stderr=True, highlight=False)
     try:
-        client = _client(args)
+        client = client_of(args)
         return anyio.run(_dispatch, client, args)
     except KeyboardInterrupt:
         err.print("axon: interrupted")
@@ -164,14 +164,17 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _client(args: argparse.Namespace) -> Client:
+def client_of(
+    args: argparse.Namespace,
+    *,
+    no_key_hint: str = "`axon dev` prints one, `axon keys create` makes one",
+) -> Client:
+    """The API client of ``--url``/``--key``, else ``AXON_URL``/``AXON_API_KEY``.
+    Without a key: a ConfigError ending with ``no_key_hint``."""
     url = args.url or os.environ.get("AXON_URL") or DEFAULT_URL
     key = args.key or os.environ.get("AXON_API_KEY")
     if not key:
-        raise ConfigError(
-            "no API key: set AXON_API_KEY (or pass --key); `axon dev` prints one, "
-            "`axon keys create` makes one"
-        )
+        raise ConfigError(f"no API key: set AXON_API_KEY (or pass --key); {no_key_hint}")
     return Client(url, key)
 
 

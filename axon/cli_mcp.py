@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Any
 
@@ -25,6 +24,7 @@ import anyio
 from mcp.server.mcpserver import Context, MCPServer
 
 from axon.apikeys import Principal, Role
+from axon.cli_client import client_of
 from axon.cli_serve import receipt_signer
 from axon.client import DEFAULT_URL, Client
 from axon.connection import open_store
@@ -71,24 +71,14 @@ def run(args: argparse.Namespace) -> int:
             principal = Principal(tenant=args.tenant, role=Role(args.role), key_id="stdio")
             anyio.run(_serve_direct, settings, principal)
         else:
-            anyio.run(_serve_http, _client(args))
+            client = client_of(args, no_key_hint="or use --tenant to act on REDIS_URL directly")
+            anyio.run(_serve_http, client)
     except KeyboardInterrupt:
         return 130
     except AxonError as exc:
         print(f"axon: error: {exc.code}: {exc.message}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     return 0
-
-
-def _client(args: argparse.Namespace) -> Client:
-    url = args.url or os.environ.get("AXON_URL") or DEFAULT_URL
-    key = args.key or os.environ.get("AXON_API_KEY")
-    if not key:
-        raise ConfigError(
-            "no API key: set AXON_API_KEY (or pass --key), or use --tenant to act "
-            "on REDIS_URL directly"
-        )
-    return Client(url, key)
 
 
 async def _serve_http(client: Client) -> None:
