@@ -92,7 +92,8 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """A task as stored in its Redis hash; ``from_hash`` is the only decoder."""
+    """A task as stored in its Redis hash; ``from_hash`` is the only decoder (``created``
+    builds a new task's record without a read)."""
 
     id: str
     tenant: str
@@ -124,6 +125,52 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     event_bytes: int
     head_seq: int
     head_hash: str
+
+    @classmethod
+    def created(
+        cls,
+        task_id: str,
+        spec: TaskSpec,
+        *,
+        args: bytes,
+        metadata: bytes,
+        ts: int,
+        head_hash: str,
+        event_bytes: int,
+        traceparent: str | None,
+    ) -> TaskRecord:
+        """The record of a task just created from ``spec`` (whose args and metadata
+        were stored as the JSON ``args`` / ``metadata``), without reading it back:
+        equal to what ``from_hash`` makes of the hash the create script wrote."""
+        return cls(
+            id=task_id,
+            tenant=spec.tenant,
+            adapter=spec.adapter,
+            args=_json_object.decode(args),
+            lane=spec.lane,
+            name=spec.name or None,
+            metadata=_json_str_map.decode(metadata),
+            timeout_s=None if spec.timeout_s is None else float(spec.timeout_s),
+            max_attempts=int(spec.max_attempts),
+            retry_backoff_s=float(spec.retry_backoff_s),
+            retry_backoff_max_s=float(spec.retry_backoff_max_s),
+            state=TaskState.QUEUED,
+            created_ms=ts,
+            updated_ms=ts,
+            started_ms=None,
+            finished_ms=None,
+            attempt=0,
+            epoch=0,
+            lease_owner=None,
+            lease_deadline_ms=None,
+            cancel_requested=False,
+            traceparent=traceparent or None,
+            wall_ms=0,
+            events=1,
+            event_bytes=event_bytes,
+            head_seq=1,
+            head_hash=head_hash,
+        )
 
     @classmethod
     def from_hash(cls, task_id: str, fields: Mapping[bytes, bytes]) -> TaskRecord:

@@ -146,10 +146,6 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _bytes(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
-
-
 def text_of(value: Any) -> str:
     """A Redis reply value as text (clients keep replies as bytes for the event bytes)."""
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -252,20 +248,15 @@ class Store:
         metrics.task_created()
         # The script wrote exactly these fields; build the record here rather than
         # spend a round trip reading it back.
-        return TaskRecord.from_hash(
+        return TaskRecord.created(
             task_id,
-            {
-                **{_bytes(k): _bytes(v) for k, v in zip(fields[::2], fields[1::2], strict=True)},
-                b"state": b"queued",
-                b"epoch": b"0",
-                b"attempt": b"0",
-                b"head_seq": b"1",
-                b"head_hash": digest.encode(),
-                b"events": b"1",
-                b"bytes": str(len(raw)).encode(),
-                b"created_ms": str(ts).encode(),
-                b"updated_ms": str(ts).encode(),
-            },
+            spec,
+            args=args,
+            metadata=metadata,
+            ts=ts,
+            head_hash=digest,
+            event_bytes=len(raw),
+            traceparent=traceparent,
         )
 
     async def get_task(self, task_id: str) -> TaskRecord:
@@ -326,12 +317,15 @@ class Store:
         expected: ChainHead,
         epoch: int,
         transition: Transition | None = None,
+        last_hash: str | None = None,
     ) -> ChainHead:
         """Append ready-built events (kind, bytes) after ``expected``, all or nothing.
 
         The bytes must continue the chain from ``expected``; the writer
-        guarantees that. Returns the new head once Redis applied the batch
-        (and, in strict durability, once the AOF fsync was confirmed).
+        guarantees that (and may pass ``last_hash``, the hash of the last event's
+        bytes, which it computed while chaining them). Returns the new head once
+        Redis applied the batch (and, in strict durability, once the AOF fsync was
+        confirmed).
 
         Raises:
             StaleHead: the log's head is not ``expected`` (details: ``head_seq``, ``head_hash``).
@@ -343,7 +337,7 @@ class Store:
         """
         if not events:
             raise ValueError("append_built needs at least one event")
-        new_hash = event_hash(events[-1][1])
+        new_hash = event_hash(events[-1][1]) if last_hash is None else last_hash
         args: list[Any] = [expected.seq, expected.hash, epoch, new_hash]
         if transition is None:
             args += ["", "", now_ms(), "", 0]

@@ -172,12 +172,12 @@ class Worker:
         while not self._stopping.is_set():
             await self._slots.acquire()
             free = 1
-            claimed: list[tuple[str, str]] = []
+            claimed: list[tuple[str, str, TaskRecord | None]] = []
             while not claimed and not self._stopping.is_set():
                 free += self._take_free_slots()  # every free slot claims in the same call
                 deadline = now_ms() + int(settings.lease_timeout_s * 1000)
                 try:
-                    claimed = await self.queue.claim_batch(
+                    claimed = await self.queue.claim_tasks(
                         free, claim_number=self._claims, deadline_ms=deadline
                     )
                     if not claimed:
@@ -198,8 +198,8 @@ class Worker:
             if not claimed:
                 break
             self._claims += len(claimed)
-            for task_id, lane in claimed:
-                runs.start_soon(self._run_task, task_id, lane)
+            for task_id, lane, record in claimed:
+                runs.start_soon(self._run_task, task_id, lane, record)
 
     def _take_free_slots(self) -> int:
         """Acquire every slot that is free right now; returns how many."""
@@ -221,10 +221,10 @@ class Worker:
 
     # -- running ------------------------------------------------------------------
 
-    async def _run_task(self, task_id: str, lane: str) -> None:
+    async def _run_task(self, task_id: str, lane: str, record: TaskRecord | None) -> None:
         logs.bind_task(task_id)  # this run's own asyncio task: every log line names it
         try:
-            await self._claim_and_run(task_id, lane)
+            await self._claim_and_run(task_id, lane, record)
         except AxonError as exc:
             # Redis trouble mid-run: the lease will expire and the watchdog will
             # hand the task to someone else; nothing here is lost.
@@ -238,13 +238,14 @@ class Worker:
             if not self._runs and self._stopping.is_set():
                 self._idle.set()
 
-    async def _claim_and_run(self, task_id: str, lane: str) -> None:
+    async def _claim_and_run(self, task_id: str, lane: str, record: TaskRecord | None) -> None:
         settings = self.settings
-        try:
-            record = await self.store.get_task(task_id)
-        except AxonError:
-            await self.queue.release(task_id)
-            return
+        if record is None:  # not read by the claim (a cluster, or a record that is gone)
+            try:
+                record = await self.store.get_task(task_id)
+            except AxonError:
+                await self.queue.release(task_id)
+                return
         if record.state is not TaskState.QUEUED:
             if record.state.terminal:
                 await self.queue.release(task_id)  # e.g. cancelled while it waited
@@ -291,23 +292,23 @@ class Worker:
     async def _execute(self, run: _Run, timeout_s: float) -> Outcome | None:
         """Run the adapter; None when the worker stopped it."""
         outcome: Outcome | None = None
+        # One scope for both ways a run is cut short: stop() (which names its reason
+        # before cancelling) and the timeout (its deadline; no reason named).
+        run.scope.deadline = anyio.current_time() + timeout_s
         with run.scope:
-            with anyio.move_on_after(timeout_s) as timer:
-                try:
-                    adapter = self.adapters.get(run.record.adapter)
-                    outcome = await adapter.run(run.ctx)
-                except AdapterError as exc:
-                    outcome = Outcome(
-                        ok=False, data={"error": exc.message}, retryable=exc.retryable
-                    )
-                except AppendRejected:
-                    run.stop_reason = run.stop_reason or StopReason.LEASE_LOST
-                except AxonError as exc:
-                    outcome = Outcome(ok=False, data={"error": exc.message, "code": exc.code})
-                except Exception as exc:  # an adapter bug must not kill the worker
-                    outcome = Outcome(ok=False, data={"error": repr(exc)[:2000]})
-            if timer.cancelled_caught and run.stop_reason is None:
-                run.stop_reason = StopReason.TIMED_OUT
+            try:
+                adapter = self.adapters.get(run.record.adapter)
+                outcome = await adapter.run(run.ctx)
+            except AdapterError as exc:
+                outcome = Outcome(ok=False, data={"error": exc.message}, retryable=exc.retryable)
+            except AppendRejected:
+                run.stop_reason = run.stop_reason or StopReason.LEASE_LOST
+            except AxonError as exc:
+                outcome = Outcome(ok=False, data={"error": exc.message, "code": exc.code})
+            except Exception as exc:  # an adapter bug must not kill the worker
+                outcome = Outcome(ok=False, data={"error": repr(exc)[:2000]})
+        if run.scope.cancelled_caught and run.stop_reason is None:
+            run.stop_reason = StopReason.TIMED_OUT
         if run.stop_reason is not None:
             return None
         return outcome

@@ -361,7 +361,7 @@ class EventWriter:
             head = self._head
             if head is None:
                 head = self._head = await self._store.head(self.task_id)
-            built = self._build(flat, head)
+            built, last_hash = self._build(flat, head)
             try:
                 new_head = await self._store.append_built(
                     self.task_id,
@@ -369,6 +369,7 @@ class EventWriter:
                     expected=head,
                     epoch=self._epoch,
                     transition=transition,
+                    last_hash=last_hash,
                 )
             except StaleHead as exc:
                 self._stale += 1
@@ -387,8 +388,11 @@ class EventWriter:
             task_id=self.task_id,
         )
 
-    def _build(self, flat: list[tuple[str, bytes]], head: ChainHead) -> list[tuple[str, bytes]]:
-        """Turn (kind, encoded data) into (kind, final event bytes) continuing ``head``."""
+    def _build(
+        self, flat: list[tuple[str, bytes]], head: ChainHead
+    ) -> tuple[list[tuple[str, bytes]], str]:
+        """Turn (kind, encoded data) into (kind, final event bytes) continuing ``head``;
+        also returns the hash of the last event's bytes (the new head's hash)."""
         ts = now_ms()
         seq, prev = head.seq, head.hash
         limit = self._settings.max_event_bytes
@@ -400,4 +404,4 @@ class EventWriter:
             )
             prev = event_hash(raw)
             out.append((kind, raw))
-        return out
+        return out, prev

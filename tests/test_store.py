@@ -386,3 +386,23 @@ async def test_replayed_create_is_idempotent(store: Store) -> None:
     with pytest.raises(TaskExists):
         await store.create_task(SPEC, task_id="t_replay")
     assert len(await store.read("t_replay")) == 1
+
+
+async def test_create_task_returns_the_record_it_stored(store: Store) -> None:
+    """The record create_task builds without a read equals the one read back, every
+    optional field set (an int timeout and nested args included)."""
+    spec = TaskSpec(
+        tenant="acme",
+        adapter="mock",
+        args={"n": [1, {"a": None}], "s": "é"},
+        lane="low",
+        name="full",
+        metadata={"k": "v"},
+        timeout_s=5,
+        max_attempts=3,
+        retry_backoff_s=0.25,
+        retry_backoff_max_s=7.5,
+    )
+    for one in (spec, SPEC, TaskSpec(tenant="t", adapter="mock")):
+        record = await store.create_task(one)
+        assert await store.get_task(record.id) == record

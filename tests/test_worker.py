@@ -183,7 +183,8 @@ async def test_lanes_are_served_by_priority(queue: Queue) -> None:
     """With work waiting in every lane, a single-slot worker takes high, then default, then low."""
     order = []
     for lane in ("low", "default", "high", "low", "high"):
-        order.append((await queue.submit(spec(count=0, lane=lane))).id)
+        # Each run lasts a few ms, so start times (ms resolution) never tie.
+        order.append((await queue.submit(spec(count=1, interval_ms=3, lane=lane))).id)
     async with running_worker(queue, concurrency=1):
         for task_id in order:
             await wait_state(queue.store, task_id, {TaskState.SUCCEEDED})

@@ -5,9 +5,14 @@
 -- ARGV[1] deadline (ms) for the claims to be completed or renewed
 -- ARGV[2] n: how many ids to take at most (default 1)
 -- ARGV[3] r: how many of those scan the lanes lowest first (lane fairness; default 0)
+-- ARGV[4], ARGV[5] optional, single server only: what comes before and after the
+--   id in a task's record key. With them, each claim also returns the record as
+--   HGETALL gives it, read in this same step (the worker's first read of the task).
+--   The record keys cannot be declared up front, so a cluster never passes these.
 -- The r fairness claims take one id each from the lowest non-empty lane; the
 -- rest take ids from the first non-empty lane in order, then the next.
--- Returns {id, lane index in KEYS[2..] (1-based), id, lane index, ...}, possibly empty.
+-- Returns {id, lane index in KEYS[2..] (1-based), id, lane index, ...}, possibly empty;
+--   with ARGV[4..5], {id, lane index, record fields, id, ...}.
 local n = tonumber(ARGV[2] or '1')
 local reversed = math.min(tonumber(ARGV[3] or '0'), n)
 local lanes = #KEYS - 1
@@ -35,5 +40,14 @@ for i = 1, lanes do
     end
     want = want - #ids
   end
+end
+if ARGV[4] then
+  local with = {}
+  for i = 1, #out, 2 do
+    with[#with + 1] = out[i]
+    with[#with + 1] = out[i + 1]
+    with[#with + 1] = redis.call('HGETALL', ARGV[4] .. out[i] .. ARGV[5])
+  end
+  return with
 end
 return out

@@ -6,7 +6,7 @@
 -- ARGV[1] task id (used with KEYS[3..5]), ARGV[2] first event bytes,
 -- ARGV[3] hash of those bytes, ARGV[4] now (ms), ARGV[5..] field/value pairs of the record
 -- Returns {'ok'} or {'exists'}.
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then  -- same slot: one call
   -- A replay of this very create (the client retried after losing the reply)
   -- finds its own first event: success, not a clash (and, with KEYS[3..5],
   -- already listed and queued by the first run).
@@ -15,12 +15,15 @@ if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
   return {'exists'}
 end
 redis.call('XADD', KEYS[2], '1-0', 'e', ARGV[2])
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('HSET', KEYS[1],
+local fields = {unpack(ARGV, 5)}
+for _, v in ipairs({
   'state', 'queued', 'epoch', '0', 'attempt', '0',
   'head_seq', '1', 'head_hash', ARGV[3],
   'events', '1', 'bytes', tostring(string.len(ARGV[2])),
-  'created_ms', ARGV[4], 'updated_ms', ARGV[4])
+  'created_ms', ARGV[4], 'updated_ms', ARGV[4]}) do
+  fields[#fields + 1] = v
+end
+redis.call('HSET', KEYS[1], unpack(fields))  -- the record in one call
 if KEYS[5] then
   redis.call('ZADD', KEYS[3], 0, ARGV[1])
   redis.call('RPUSH', KEYS[4], ARGV[1])
