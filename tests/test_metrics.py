@@ -22,11 +22,12 @@ from axon.connection import open_store
 from axon.embedded import ServerProcess
 from axon.queue import Queue
 from axon.receiptkey import init_key
-from axon.records import TaskRecord, TaskSpec, TaskState
+from axon.records import TaskSpec, TaskState
 from axon.settings import Settings
 from axon.store import Store
 from axon.worker import Worker
 from tests.conftest import Api
+from tests.test_worker import wait_state
 
 pytestmark = pytest.mark.anyio
 on_valkey = pytest.mark.parametrize("backend", ["valkey"], indirect=True)
@@ -70,19 +71,6 @@ async def running_worker(store: Store) -> AsyncIterator[Worker]:
             yield worker
         finally:
             worker.stop()
-
-
-async def wait_state(store: Store, task_id: str, states: set[TaskState]) -> TaskRecord:
-    """Wait until the task reaches one of ``states`` (following its log, no sleeps)."""
-    with anyio.fail_after(20):
-        after = 0
-        while True:
-            record = await store.get_task(task_id)
-            if record.state in states:
-                return record
-            events = await store.wait_events(task_id, after_seq=after, timeout_ms=500)
-            if events:
-                after = events[-1].seq
 
 
 @on_valkey
