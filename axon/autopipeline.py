@@ -31,10 +31,8 @@ a lost reply is handled by the scripts' replay checks and the watchdog).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
-from collections import deque
 from typing import Any
 
 import anyio
@@ -44,30 +42,22 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from axon.leader import LeaderQueue, Waiting
+
 MAX_PIPELINE = 512
 """Commands sent in one pipeline at most; the rest go in the next."""
 
 
-class _Command:
-    __slots__ = ("args", "done", "error", "lead", "result", "wakeup")
+class _Command(Waiting):
+    __slots__ = ("args", "result")
 
     def __init__(self, args: tuple[Any, ...]) -> None:
+        super().__init__()
         self.args = args
-        self.done = False
-        self.lead = False
-        # redis.asyncio runs on asyncio only, so a bare asyncio.Event does (anyio's
-        # cancel scopes cancel its wait like any other); anyio's wrapper costs more.
-        self.wakeup: asyncio.Event | None = None
         self.result: Any = None
-        self.error: BaseException | None = None
-
-    def finish(self) -> None:
-        self.done = True
-        if self.wakeup is not None:
-            self.wakeup.set()
 
 
-class AutoPipeline:
+class AutoPipeline(LeaderQueue[_Command]):
     """Coalesces commands issued concurrently on one ``Redis`` client into pipelines.
 
     Args:
@@ -75,14 +65,13 @@ class AutoPipeline:
     """
 
     def __init__(self, redis: Redis) -> None:
+        super().__init__()
         self._redis = redis
         self._pool = redis.connection_pool
         # Keep a connection only if the pool has another one for everything else.
         self._keep = getattr(self._pool, "max_connections", 1) > 1
         self._connection: AbstractConnection | None = None
         self._pid = 0  # the process that took ``_connection`` (a forked child drops it)
-        self._pending: deque[_Command] = deque()
-        self._leading = False
         self._pipelines = 0
         self._commands = 0
 
@@ -98,43 +87,17 @@ class AutoPipeline:
         the pipeline it hit.
         """
         command = _Command(args)
-        self._pending.append(command)
-        if self._leading:
-            command.wakeup = asyncio.Event()
-            try:
-                await command.wakeup.wait()
-            except BaseException:
-                if not command.done and command in self._pending:
-                    self._pending.remove(command)
-                if command.lead and not command.done:
-                    self._hand_off()
-                raise
-        else:
-            self._leading = True
-        if not command.done:
-            try:
-                while not command.done:
-                    # A flush in flight is shielded, so its replies always reach their callers.
-                    with anyio.CancelScope(shield=True):
-                        # Let every task that is ready to run queue its command first
-                        # (tasks woken by the previous reply usually are): one loop
-                        # iteration, no timer, so a lone caller waits for nothing.
-                        await anyio.lowlevel.checkpoint()
-                        await self._flush()
-            finally:
-                self._hand_off()
-        if command.error is not None:
-            raise command.error
+        await self._join(command)  # axon.leader: one caller sends for everyone
         return command.result
 
-    def _hand_off(self) -> None:
-        if self._pending:
-            successor = self._pending[0]
-            successor.lead = True
-            if successor.wakeup is not None:
-                successor.wakeup.set()
-        else:
-            self._leading = False
+    async def _flush_next(self) -> None:
+        # A flush in flight is shielded, so its replies always reach their callers.
+        with anyio.CancelScope(shield=True):
+            # Let every task that is ready to run queue its command first (tasks woken
+            # by the previous reply usually are): one loop iteration, no timer, so a
+            # lone caller waits for nothing.
+            await anyio.lowlevel.checkpoint()
+            await self._flush()
 
     async def _flush(self) -> None:
         """Send what is queued as one round trip (the caller shields it from cancellation)."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,6 +42,7 @@ from axon.events import (
     event_hash,
     max_data_bytes,
 )
+from axon.leader import LeaderQueue, Waiting
 from axon.records import TaskState
 from axon.store import Store, StoredEvent, Transition, now_ms
 
@@ -63,30 +63,22 @@ class WriterStatistics(msgspec.Struct, frozen=True, kw_only=True):
     pending: int
 
 
-class _Item:
+class _Item(Waiting):
     """A group of events from one call that must land together (never split)."""
 
-    __slots__ = ("done", "error", "events", "lead", "result", "size", "transition", "wakeup")
+    __slots__ = ("events", "result", "size", "transition")
 
     def __init__(
         self, events: list[tuple[str, bytes]], transition: Transition | None, *, size: int
     ) -> None:
+        super().__init__()
         self.events = events
         self.transition = transition
         self.size = size  # an upper bound of the event bytes these events will become
-        self.done = False
-        self.lead = False  # set when the previous leader hands flushing over to this caller
-        self.wakeup: anyio.Event | None = None
         self.result: list[StoredEvent] = []
-        self.error: Exception | None = None
-
-    def finish(self) -> None:
-        self.done = True
-        if self.wakeup is not None:
-            self.wakeup.set()
 
 
-class EventWriter:
+class EventWriter(LeaderQueue[_Item]):
     """Appends one task's events with its lease epoch as fencing token.
 
     Args:
@@ -99,13 +91,12 @@ class EventWriter:
     def __init__(
         self, store: Store, task_id: str, *, epoch: int, head: ChainHead | None = None
     ) -> None:
+        super().__init__()
         self._store = store
         self._settings = store.settings
         self.task_id = task_id
         self._epoch = epoch
         self._head = head
-        self._pending: deque[_Item] = deque()
-        self._leading = False
         self._events = 0
         self._batches = 0
         self._stale = 0
@@ -264,49 +255,13 @@ class EventWriter:
             )
 
     async def _submit(self, item: _Item) -> list[StoredEvent]:
-        """Queue ``item`` and return once it landed (or failed).
+        """Queue ``item`` and return its stored events once it landed (or raise why not).
 
-        One caller at a time leads: it flushes batches until its own item is
-        done, then hands the lead to the oldest caller still waiting. Everyone
-        else sleeps until the leader either finished their item or passed them
-        the lead. Only one batch is ever in flight, which keeps call order.
+        Callers batch through ``axon.leader``: one of them flushes everyone's items,
+        one batch at a time, which keeps call order.
         """
-        self._pending.append(item)
-        if self._leading:
-            item.wakeup = anyio.Event()
-            try:
-                await item.wakeup.wait()
-            except BaseException:
-                # Cancelled while waiting: withdraw the item if no batch took it yet,
-                # and pass on the lead if it had just been handed to us.
-                if not item.done and item in self._pending:
-                    self._pending.remove(item)
-                if item.lead and not item.done:
-                    self._hand_off()
-                raise
-        else:
-            self._leading = True
-        if not item.done:
-            try:
-                while not item.done:
-                    if not self._pending:  # cannot happen: a waiting item is always queued
-                        raise RuntimeError("event writer lost track of a queued item")
-                    await self._flush_once()
-            finally:
-                self._hand_off()
-        if item.error is not None:
-            raise item.error
+        await self._join(item)
         return item.result
-
-    def _hand_off(self) -> None:
-        """Give the lead to the oldest waiting caller, or release it if nobody waits."""
-        if self._pending:
-            successor = self._pending[0]
-            successor.lead = True
-            if successor.wakeup is not None:
-                successor.wakeup.set()
-        else:
-            self._leading = False
 
     def _take_batch(self) -> list[_Item]:
         """Pop the next batch: queued items in order, within limits; a transition rides alone."""
@@ -328,7 +283,7 @@ class EventWriter:
                 break
         return batch
 
-    async def _flush_once(self) -> None:
+    async def _flush_next(self) -> None:
         batch = self._take_batch()
         with anyio.CancelScope(shield=True):
             try:
