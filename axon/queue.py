@@ -129,7 +129,7 @@ class Queue:
 
     async def claim_batch(
         self, count: int, *, claim_number: int, deadline_ms: int
-    ) -> list[tuple[str, str]]:
+    ) -> list[tuple[str, str, TaskRecord | None]]:
         """Pop up to ``count`` task ids into the in-flight set in one script call.
 
         Claims are numbered from ``claim_number`` (the worker's count so far); those
@@ -137,28 +137,12 @@ class Queue:
         id from the lowest non-empty lane, the rest go highest lane first. So a
         batch follows the same policy as that many single claims.
 
-        Returns (task id, lane) pairs, fairness claims first, then by priority.
+        Returns (task id, lane, record) triples, fairness claims first, then by
+        priority. On a single server the script reads each record in the same
+        step, which saves the worker a round trip per task; on a cluster (the
+        records live in other slots), and for a task whose record is gone, the
+        record is None: read it with ``Store.get_task``.
         """
-        claims = await self._claim(count, claim_number=claim_number, deadline_ms=deadline_ms)
-        return [(task_id, lane) for task_id, lane, _ in claims]
-
-    async def claim_tasks(
-        self, count: int, *, claim_number: int, deadline_ms: int
-    ) -> list[tuple[str, str, TaskRecord | None]]:
-        """Like ``claim_batch``, with each task's record as the claim read it.
-
-        On a single server the claim script reads the records in the same step,
-        which saves the worker a round trip per task; on a cluster (the records
-        live in other slots) and for a task whose record is gone the record is
-        None: read it with ``Store.get_task``.
-        """
-        return await self._claim(
-            count, claim_number=claim_number, deadline_ms=deadline_ms, records=True
-        )
-
-    async def _claim(
-        self, count: int, *, claim_number: int, deadline_ms: int, records: bool = False
-    ) -> list[tuple[str, str, TaskRecord | None]]:
         if count < 1:
             return []
         lanes = list(self.settings.lanes)
@@ -170,7 +154,7 @@ class Queue:
             )
         keys = [self.keys.inflight(), *(self._lane_keys[lane] for lane in lanes)]
         args: list[Any] = [deadline_ms, count, reversed_]
-        records = records and self.store.one_server
+        records = self.store.one_server
         if records:
             args += self._task_key_parts
         reply = await self.store.run_script(lua.CLAIM_NEXT, keys, args)

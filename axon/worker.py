@@ -177,7 +177,7 @@ class Worker:
                 free += self._take_free_slots()  # every free slot claims in the same call
                 deadline = now_ms() + int(settings.lease_timeout_s * 1000)
                 try:
-                    claimed = await self.queue.claim_tasks(
+                    claimed = await self.queue.claim_batch(
                         free, claim_number=self._claims, deadline_ms=deadline
                     )
                     if not claimed:

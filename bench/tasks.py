@@ -1607,8 +1607,8 @@ def replace_prefix(settings: Settings, prefix: str) -> Settings:
 
 
 PROFILE_STEPS = {
-    ("axon/worker.py", "_claim_loop"): "claim loop (claim_tasks + waiting for work)",
-    ("axon/queue.py", "_claim"): "  queue.claim_tasks (script, up to every free slot, records)",
+    ("axon/worker.py", "_claim_loop"): "claim loop (claim_batch + waiting for work)",
+    ("axon/queue.py", "claim_batch"): "  queue.claim_batch (script: free slots, records)",
     ("axon/queue.py", "wait_for_work"): "  queue.wait_for_work (XREAD BLOCK on the signal stream)",
     ("axon/worker.py", "_claim_and_run"): "one task, claim to release (_claim_and_run)",
     ("axon/store.py", "get_task"): "  store.get_task (HGETALL; a cluster, the claim reads it here)",

@@ -342,7 +342,10 @@ async def test_batch_claim_follows_priority_and_fairness(queue: Queue) -> None:
     fairness = queue.settings.lane_fairness
     deadline = now_ms() + 60_000
     # Claims fairness-1 .. fairness+3: exactly one of them scans lanes lowest first.
-    first = await queue.claim_batch(5, claim_number=fairness - 1, deadline_ms=deadline)
+    claims = await queue.claim_batch(5, claim_number=fairness - 1, deadline_ms=deadline)
+    for task_id, _, record in claims:  # one server: read in the claim; a cluster: not
+        assert (record.id if record else None) == (task_id if queue.store.one_server else None)
+    first = [(task_id, lane) for task_id, lane, _ in claims]
     assert first == [
         (ids["low"][0], "low"),
         (ids["high"][0], "high"),
@@ -351,7 +354,8 @@ async def test_batch_claim_follows_priority_and_fairness(queue: Queue) -> None:
         (ids["default"][1], "default"),
     ]
     # Claims 2f-4 .. 2f+5 include the fairness claim 2f-1; only three tasks are left.
-    rest = await queue.claim_batch(10, claim_number=2 * fairness - 4, deadline_ms=deadline)
+    claims = await queue.claim_batch(10, claim_number=2 * fairness - 4, deadline_ms=deadline)
+    rest = [(task_id, lane) for task_id, lane, _ in claims]
     assert rest == [
         (ids["low"][1], "low"),
         (ids["default"][2], "default"),
@@ -402,9 +406,8 @@ async def test_finish_with_release_leaves_the_queue_in_the_same_script(queue: Qu
 
     store = queue.store
     record = await queue.submit(spec(count=0))
-    assert await queue.claim_batch(1, claim_number=0, deadline_ms=now_ms() + 60_000) == [
-        (record.id, "default")
-    ]
+    claims = await queue.claim_batch(1, claim_number=0, deadline_ms=now_ms() + 60_000)
+    assert [(task_id, lane) for task_id, lane, _ in claims] == [(record.id, "default")]
     writer = EventWriter(store, record.id, epoch=0)
     await writer.transition(TaskState.RUNNING, "claimed", {"worker": "w"}, new_epoch=1)
     await writer.finish(TaskState.SUCCEEDED, {"ok": True}, release=True)
