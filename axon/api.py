@@ -293,9 +293,7 @@ async def cancel_task(request: Request) -> Response:
     principal = _principal(request, Role.WRITER)
     _only(request.query_params.keys(), set())
     body = await request.body()
-    reason = (
-        _decode_body(cancel_task_decoder, body, required=False).reason if body.strip() else None
-    )
+    reason = _decode_body(cancel_task_decoder, body).reason if body.strip() else None
     record = await _services(request).catalog.cancel(
         principal.tenant, request.path_params["task_id"], reason=reason
     )
@@ -454,10 +452,8 @@ def _decode_create(body: bytes) -> CreateTask:
     return _decode_body(create_task_decoder, body)
 
 
-def _decode_body(
-    decoder: msgspec.json.Decoder[_Body], body: bytes, *, required: bool = True
-) -> _Body:
-    if required and not body.strip():
+def _decode_body(decoder: msgspec.json.Decoder[_Body], body: bytes) -> _Body:
+    if not body.strip():
         raise _HttpError(400, "malformed_json", "the request body is empty; send a JSON object")
     try:
         return decoder.decode(body)
