@@ -5,7 +5,7 @@ script is single-slot and runs on Redis Cluster; task keys live in their own
 slots. Operations that touch both (claim, requeue, cancel) are ordered so that
 a crash between the two halves leaves something the watchdog repairs:
 
-* ``claim_next`` pops an id and records it in the in-flight set in one step;
+* ``claim_batch`` pops ids and records them in the in-flight set in one step;
   the claim itself (the ``claimed`` event) follows on the task's keys. A worker
   that dies in between leaves a queued task in the in-flight set, which the
   watchdog puts back into its lane.
@@ -22,7 +22,6 @@ default 8, a saturated ``high`` lane still lets ``low`` work through at about
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -114,18 +113,14 @@ class Queue:
     def lane_order(self, claim_number: int) -> list[str]:
         """The order in which a worker's ``claim_number``-th claim tries the lanes."""
         lanes = list(self.settings.lanes)
-        fairness = self.settings.lane_fairness
-        if fairness > 1 and claim_number % fairness == fairness - 1:
+        if self._reversed(claim_number):
             lanes.reverse()
         return lanes
 
-    async def claim_next(self, order: Sequence[str], *, deadline_ms: int) -> tuple[str, str] | None:
-        """Pop the next task id (first non-empty lane in ``order``) into the in-flight set."""
-        keys = [self.keys.inflight(), *(self._lane_keys[lane] for lane in order)]
-        reply = await self.store.run_script(lua.CLAIM_NEXT, keys, [deadline_ms])
-        if not reply:
-            return None
-        return _str(reply[0]), order[int(reply[1]) - 1]
+    def _reversed(self, claim_number: int) -> bool:
+        """Whether that claim scans the lanes lowest first (every ``lane_fairness``-th)."""
+        fairness = self.settings.lane_fairness
+        return fairness > 1 and claim_number % fairness == fairness - 1
 
     async def claim_batch(
         self, count: int, *, claim_number: int, deadline_ms: int
@@ -146,12 +141,7 @@ class Queue:
         if count < 1:
             return []
         lanes = list(self.settings.lanes)
-        fairness = self.settings.lane_fairness
-        reversed_ = 0
-        if fairness > 1:
-            reversed_ = sum(
-                1 for n in range(claim_number, claim_number + count) if n % fairness == fairness - 1
-            )
+        reversed_ = sum(map(self._reversed, range(claim_number, claim_number + count)))
         keys = [self.keys.inflight(), *(self._lane_keys[lane] for lane in lanes)]
         args: list[Any] = [deadline_ms, count, reversed_]
         records = self.store.one_server

@@ -2,8 +2,8 @@
 
 One ``Worker`` is an anyio service. Its task group owns:
 
-* the claim loop — while a slot is free, ``claim_next`` (priority lanes,
-  see ``axon.queue``); when the lanes are empty, block on the signal stream
+* the claim loop — while slots are free, ``claim_batch`` for all of them
+  (priority lanes, see ``axon.queue``); when the lanes are empty, block on the signal stream
   (no polling). Each claimed task runs in its own child task;
 * the heartbeat loop — renews the lease of every running task; a task whose
   lease is gone (reclaimed by a watchdog) is stopped at once, writing nothing;
@@ -278,7 +278,7 @@ class Worker:
             )
         except AppendRejected:
             return  # someone else claimed or cancelled it first
-        self._counts["claimed"] += 1  # claim_next already set the in-flight deadline
+        self._counts["claimed"] += 1  # claim_batch already set the in-flight deadline
         ctx = RunContext(
             writer, args=record.args, attempt=attempt, stop_grace_s=settings.timeout_grace_s
         )

@@ -311,8 +311,8 @@ async def test_cancel_of_a_task_whose_worker_died_ends_canceled(queue: Queue) ->
     from axon.writer import EventWriter
 
     record = await queue.submit(spec(count=1))
-    claimed = await queue.claim_next(["default"], deadline_ms=now_ms() - 1)
-    assert claimed == (record.id, "default")
+    claimed = await queue.claim_batch(1, claim_number=0, deadline_ms=now_ms() - 1)
+    assert [(task_id, lane) for task_id, lane, _ in claimed] == [(record.id, "default")]
     # A worker claims it, then dies: its lease is already in the past.
     writer = EventWriter(queue.store, record.id, epoch=0)
     past = str(now_ms() - 1)
