@@ -19,6 +19,14 @@ its replies always reach their callers.
 Only for a single server: on a Redis Cluster a pipeline would be split by node
 and lose its point, so the store keeps sending commands one by one there.
 
+Channels: a worker splits its runs into claim groups (``axon.worker``), each
+with its own channel (``use_channel``), that is its own auto-pipeline and
+connection. One channel's round trip is at Redis while the worker's CPU serves
+the other's replies, so worker and server work at the same time instead of
+taking turns; with one channel all runs move in lockstep (claim ten, append ten,
+append ten) and each side waits for the other. Everything else (the API, the
+compactor) uses channel 0.
+
 Round trips go straight over one connection of the client's pool, which the
 auto-pipeline keeps for itself (only one pipeline is ever in flight, so one is
 enough) when the pool has room for more than one; with a pool of one it borrows
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
@@ -46,6 +55,17 @@ from axon.leader import LeaderQueue, Waiting
 
 MAX_PIPELINE = 512
 """Commands sent in one pipeline at most; the rest go in the next."""
+
+MAX_CHANNELS = 8
+"""Channels a client has at most; a higher index shares a channel (modulo)."""
+
+_CHANNEL: ContextVar[int] = ContextVar("axon_pipeline_channel", default=0)
+
+
+def use_channel(index: int) -> None:
+    """Send the auto-pipelined commands of the current asyncio task, and of the tasks
+    it starts from now on, through channel ``index`` (0 by default)."""
+    _CHANNEL.set(index % MAX_CHANNELS)
 
 
 class _Command(Waiting):
@@ -62,14 +82,15 @@ class AutoPipeline(LeaderQueue[_Command]):
 
     Args:
         redis: a single-server client (not a cluster client).
+        keep: keep a connection of the pool for this auto-pipeline's round trips
+            (by default, if the pool has another one for everything else).
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, keep: bool | None = None) -> None:
         super().__init__()
         self._redis = redis
         self._pool = redis.connection_pool
-        # Keep a connection only if the pool has another one for everything else.
-        self._keep = getattr(self._pool, "max_connections", 1) > 1
+        self._keep = getattr(self._pool, "max_connections", 1) > 1 if keep is None else keep
         self._connection: AbstractConnection | None = None
         self._pid = 0  # the process that took ``_connection`` (a forked child drops it)
         self._pipelines = 0
@@ -159,3 +180,33 @@ class AutoPipeline(LeaderQueue[_Command]):
         finally:
             if connection is not self._connection:
                 await self._pool.release(connection)
+
+
+class AutoPipelines:
+    """A client's auto-pipelines by channel (``use_channel``), each made on first use.
+
+    Each channel keeps a connection of the pool while another one is left for
+    everything else; the rest borrow one per round trip.
+
+    Args:
+        redis: a single-server client (not a cluster client).
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._channels: list[AutoPipeline] = []
+
+    def execute(self, *args: Any) -> Any:
+        """``AutoPipeline.execute`` on the current channel (an awaitable)."""
+        index = _CHANNEL.get()
+        channels = self._channels
+        if index >= len(channels):
+            limit = getattr(self._redis.connection_pool, "max_connections", 1)
+            while len(channels) <= index:
+                channels.append(AutoPipeline(self._redis, keep=limit > len(channels) + 1))
+        return channels[index].execute(*args)
+
+    def statistics(self) -> tuple[int, int]:
+        """(pipelines sent, commands sent) so far, over all channels."""
+        counts = [channel.statistics() for channel in self._channels]
+        return sum(p for p, _ in counts), sum(c for _, c in counts)

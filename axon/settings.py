@@ -43,6 +43,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         lane_fairness: every Nth claim of a worker scans lanes lowest first, so a
             busy high lane cannot starve the others (1 disables priority).
         worker_concurrency: tasks one worker runs at once.
+        worker_claim_groups: claim groups a worker splits its concurrency into, each
+            with its own claim loop and Redis connection, so one group's round trip
+            overlaps the others' work (``axon.worker``); 1..8, at most the concurrency.
         heartbeat_interval_s / lease_timeout_s: how often a worker renews a lease,
             and how long a lease lasts without renewal before it may be reclaimed.
         watchdog_interval_s: how often a worker looks for expired leases and due retries.
@@ -116,6 +119,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     lanes: tuple[str, ...] = ("high", "default", "low")
     lane_fairness: int = 8
     worker_concurrency: int = 10
+    worker_claim_groups: int = 2
     heartbeat_interval_s: float = 2.0
     lease_timeout_s: float = 10.0
     watchdog_interval_s: float = 1.0
@@ -180,6 +184,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 raise ConfigError(f"lane {lane!r}: use 1-64 characters of a-z, 0-9, '_', '.', '-'")
         if self.lane_fairness < 1 or self.worker_concurrency < 1:
             raise ConfigError("lane_fairness and worker_concurrency must be at least 1")
+        if not 1 <= self.worker_claim_groups <= 8:
+            raise ConfigError("worker_claim_groups must be between 1 and 8")
         if not 0 < self.heartbeat_interval_s < self.lease_timeout_s:
             raise ConfigError("heartbeat_interval_s must be positive and below lease_timeout_s")
         for name in (
@@ -334,6 +340,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             lanes=lanes or ("high", "default", "low"),
             lane_fairness=integer("AXON_LANE_FAIRNESS", 8),
             worker_concurrency=integer("AXON_WORKER_CONCURRENCY", 10),
+            worker_claim_groups=integer("AXON_WORKER_CLAIM_GROUPS", 2),
             heartbeat_interval_s=number("AXON_HEARTBEAT_INTERVAL_S", 2.0),
             lease_timeout_s=number("AXON_LEASE_TIMEOUT_S", 10.0),
             watchdog_interval_s=number("AXON_WATCHDOG_INTERVAL_S", 1.0),

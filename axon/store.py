@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from axon import lua, metrics, tracing
 from axon.archive import Archive, decode_segment, open_archive
-from axon.autopipeline import AutoPipeline
+from axon.autopipeline import AutoPipelines
 from axon.chain import ChainHead
 from axon.errors import (
     ArchiveUnavailable,
@@ -179,7 +179,7 @@ class Store:
         self.keys = KeySpace(settings.key_prefix)
         self._cluster = isinstance(redis, RedisCluster)
         # Concurrent commands share round trips on a single server (axon.autopipeline).
-        self._pipe = None if isinstance(redis, RedisCluster) else AutoPipeline(redis)
+        self._pipe = None if isinstance(redis, RedisCluster) else AutoPipelines(redis)
 
     # -- task records -------------------------------------------------------
 

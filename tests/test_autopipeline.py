@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from axon import lua
-from axon.autopipeline import AutoPipeline
+from axon.autopipeline import AutoPipeline, AutoPipelines, use_channel
 from axon.connection import open_store
 from axon.embedded import ServerProcess
 from axon.records import TaskSpec
@@ -107,3 +107,49 @@ async def test_submit_on_one_server_is_one_command(valkey: ServerProcess) -> Non
         assert (await queue.depth())["default"] == 1
         assert await store.redis.zscore(store.keys.tenant_tasks("acme"), record.id) == 0
         assert (await store.get_task(record.id)).head_seq == 1
+
+
+async def test_channels_are_separate_pipelines_inherited_by_child_tasks(redis: Redis) -> None:
+    """Each channel sends over its own connection; a task's children use its channel."""
+    pipes = AutoPipelines(redis)
+    ids: dict[str, int] = {}
+
+    async def client_id(name: str) -> None:
+        ids[name] = int(await pipes.execute("CLIENT", "ID"))
+
+    async def on(channel: int) -> None:
+        use_channel(channel)
+        await client_id(f"{channel}")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client_id, f"{channel}/child")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(on, 0)
+        tg.start_soon(on, 1)
+    assert ids["0"] == ids["0/child"]
+    assert ids["1"] == ids["1/child"]
+    assert ids["0"] != ids["1"]
+    await client_id("default")  # this task never chose a channel: channel 0
+    assert ids["default"] == ids["0"]
+    assert pipes.statistics()[1] == 5
+
+
+async def test_channels_leave_a_small_pool_a_connection(valkey: ServerProcess) -> None:
+    """With a pool of two, channel 0 keeps one connection and channel 1 borrows the other
+    per round trip, so a plain command still finds a free connection in between."""
+    client = Redis.from_url(valkey.url, max_connections=2)
+    try:
+        pipes = AutoPipelines(client)
+        await pipes.execute("SET", "ap:small", "0")
+
+        async def on_one() -> None:
+            use_channel(1)
+            for i in range(3):
+                await pipes.execute("SET", "ap:small", str(i))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(on_one)
+        with anyio.fail_after(5):  # a pool with no connection left would wait forever
+            assert await client.get("ap:small") == b"2"
+    finally:
+        await client.aclose()

@@ -27,12 +27,14 @@ def test_environment_is_read() -> None:
             "AXON_MAX_EVENT_BYTES": "2048",
             "AXON_DURABILITY": "strict",
             "AXON_DURABILITY_REPLICAS": "1",
+            "AXON_WORKER_CLAIM_GROUPS": "3",
         }
     )
     assert settings.redis_url == "redis://h:1/0"
     assert settings.redis_cluster
     assert (settings.key_prefix, settings.max_event_bytes) == ("prod", 2048)
     assert (settings.durability, settings.durability_replicas) == ("strict", 1)
+    assert settings.worker_claim_groups == 3
 
 
 @pytest.mark.parametrize(
@@ -44,6 +46,8 @@ def test_environment_is_read() -> None:
         {"AXON_REDIS_CLUSTER": "maybe"},
         {"AXON_KEY_PREFIX": "has{brace}"},
         {"AXON_MAX_BATCH_BYTES": "300", "AXON_MAX_EVENT_BYTES": "1024"},
+        {"AXON_WORKER_CLAIM_GROUPS": "0"},
+        {"AXON_WORKER_CLAIM_GROUPS": "9"},
     ],
 )
 def test_bad_environment_is_a_config_error(env: dict[str, str]) -> None:

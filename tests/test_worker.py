@@ -379,6 +379,52 @@ async def test_worker_claims_free_slots_in_one_batch(queue: Queue) -> None:
         assert await kinds(queue.store, record.id) == ["queued", "claimed", "tick", "succeeded"]
 
 
+_GATE: dict[str, Any] = {}
+
+
+@task("test.gated")
+async def _gated(ctx: Any) -> None:
+    """Counts the runs inside it at once, and waits for the test to open the gate."""
+    _GATE["now"] += 1
+    _GATE["most"] = max(_GATE["most"], _GATE["now"])
+    if _GATE["now"] == 3:
+        _GATE["full"].set()
+    try:
+        await _GATE["open"].wait()
+    finally:
+        _GATE["now"] -= 1
+
+
+async def test_claim_groups_share_the_concurrency(queue: Queue) -> None:
+    """Concurrency 3 in two claim groups (2 + 1 slots): both groups claim, and never
+    more than 3 adapters run at once, though all 3 slots fill up."""
+    _GATE.update(now=0, most=0, open=anyio.Event(), full=anyio.Event())
+    gated = TaskSpec(tenant="acme", adapter="python", args={"function": "test.gated"})
+    records = [await queue.submit(gated) for _ in range(7)]
+    async with running_worker(queue, concurrency=3) as worker:
+        with anyio.fail_after(10):
+            await _GATE["full"].wait()  # every slot of both groups is running
+        _GATE["open"].set()
+        for record in records:
+            await wait_state(queue.store, record.id, {TaskState.SUCCEEDED})
+    assert _GATE["most"] == 3
+    assert worker.statistics().claimed == 7
+    assert all(group.claims > 0 for group in worker._groups)
+    assert (await queue.depth())["inflight"] == 0
+
+
+async def test_one_claim_group_runs_everything(make_settings: Callable[..., Settings]) -> None:
+    """worker_claim_groups=1 (the behaviour before groups) runs tasks just the same."""
+    async with open_store(make_settings(worker_claim_groups=1, **FAST)) as store:
+        queue = Queue(store)
+        records = [await queue.submit(spec(count=1)) for _ in range(6)]
+        async with running_worker(queue, concurrency=4) as worker:
+            assert len(worker._groups) == 1
+            for record in records:
+                await wait_state(store, record.id, {TaskState.SUCCEEDED})
+        assert worker.statistics().completed == 6
+
+
 async def test_submit_indexes_creates_and_enqueues(queue: Queue) -> None:
     """Submit lists the task for its tenant, creates it and queues it: in one script on a
     single server, in three ordered steps on a cluster (keys in different slots)."""
