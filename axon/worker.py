@@ -358,7 +358,8 @@ class Worker:
     async def _conclude(self, run: _Run, outcome: Outcome | None, *, wall_ms: str) -> None:
         record, writer, task_id = run.record, run.writer, run.record.id
         fields = {"wall_ms": wall_ms}
-        reason = run.stop_reason
+        # A stop that came after the adapter returned does not override its outcome.
+        reason = run.stop_reason if outcome is None else None
         with anyio.CancelScope(shield=True):
             try:
                 if reason is StopReason.LEASE_LOST:
