@@ -57,7 +57,8 @@ MAX_PIPELINE = 512
 """Commands sent in one pipeline at most; the rest go in the next."""
 
 MAX_CHANNELS = 8
-"""Channels a client has at most; a higher index shares a channel (modulo)."""
+"""Channels a client has at most; a higher index shares a channel (modulo). A worker's
+claim groups (``Settings.worker_claim_groups``, 1..8) therefore each get their own."""
 
 _CHANNEL: ContextVar[int] = ContextVar("axon_pipeline_channel", default=0)
 

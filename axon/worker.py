@@ -94,11 +94,10 @@ class WorkerStatistics(msgspec.Struct, frozen=True, kw_only=True):
 class _Run:
     """One running task in this worker."""
 
-    __slots__ = ("attempt", "ctx", "record", "scope", "stop_reason", "stopped_at", "writer")
+    __slots__ = ("ctx", "record", "scope", "stop_reason", "stopped_at", "writer")
 
-    def __init__(self, record: TaskRecord, writer: EventWriter, ctx: RunContext, attempt: int):
+    def __init__(self, record: TaskRecord, writer: EventWriter, ctx: RunContext) -> None:
         self.record = record
-        self.attempt = attempt
         self.writer = writer
         self.ctx = ctx
         self.scope = anyio.CancelScope()
@@ -327,7 +326,7 @@ class Worker:
         ctx = RunContext(
             writer, args=record.args, attempt=attempt, stop_grace_s=settings.timeout_grace_s
         )
-        run = _Run(record, writer, ctx, attempt)
+        run = _Run(record, writer, ctx)
         self._runs[task_id] = run
         return run
 
@@ -394,7 +393,7 @@ class Worker:
                 self._counts["lease_lost"] += 1
 
     async def _record_outcome(self, run: _Run, outcome: Outcome, *, fields: dict[str, str]) -> None:
-        record, writer, task_id, attempt = run.record, run.writer, run.record.id, run.attempt
+        record, writer, task_id, attempt = run.record, run.writer, run.record.id, run.ctx.attempt
         if outcome.ok:
             try:
                 # On a single server the same script releases the task from the queue.
