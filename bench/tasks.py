@@ -1607,14 +1607,15 @@ def replace_prefix(settings: Settings, prefix: str) -> Settings:
 
 
 PROFILE_STEPS = {
-    ("axon/worker.py", "_claim_loop"): "claim loop (claim_batch + waiting for work)",
+    ("axon/worker.py", "_claim_loop"): "claim loops (claim_batch + waiting for work)",
     ("axon/queue.py", "claim_batch"): "  queue.claim_batch (script: free slots, records)",
     ("axon/queue.py", "wait_for_work"): "  queue.wait_for_work (XREAD BLOCK on the signal stream)",
-    ("axon/worker.py", "_claim_and_run"): "one task, claim to release (_claim_and_run)",
+    ("axon/worker.py", "_run_task"): "one task, claim to release (_run_task)",
+    ("axon/worker.py", "_claim"): "  worker._claim (record, 'claimed' append)",
     ("axon/store.py", "get_task"): "  store.get_task (HGETALL; a cluster, the claim reads it here)",
     ("axon/records.py", "from_hash"): "  TaskRecord.from_hash (the claimed record)",
     ("axon/store.py", "head"): "  store.head (writer reads the head before its first append)",
-    ("axon/writer.py", "transition"): "  writer.transition ('claimed' append)",
+    ("axon/writer.py", "transition"): "  writer.transition ('claimed'; finish() calls it too)",
     ("axon/queue.py", "extend"): "  queue.extend (ZADD in-flight deadline)",
     ("axon/worker.py", "_execute"): "  worker._execute (the mock adapter)",
     ("axon/writer.py", "finish"): "  writer.finish ('succeeded' append)",
