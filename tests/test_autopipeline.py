@@ -149,7 +149,7 @@ async def test_channels_leave_a_small_pool_a_connection(valkey: ServerProcess) -
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(on_one)
-        with anyio.fail_after(5):  # a pool with no connection left would wait forever
+        with anyio.fail_after(5):  # a pool with no connection left would fail or hang here
             assert await client.get("ap:small") == b"2"
     finally:
         await client.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -35,7 +36,7 @@ _steps = st.one_of(
 )
 @given(steps=st.lists(_steps, min_size=1, max_size=25))
 def test_no_blocked_worker_sleeps_while_a_lane_holds_work(
-    make_settings: Callable[..., Settings], steps: list[tuple[str, object, object]]
+    make_settings: Callable[..., Settings], steps: list[tuple[str, Any, Any]]
 ) -> None:
     """Two workers follow the claim loop's protocol (cursor from the signal stream, claim,
     block from the cursor when the lanes were empty); after every step, a blocked worker's
@@ -49,16 +50,14 @@ def test_no_blocked_worker_sleeps_while_a_lane_holds_work(
             deadline = now_ms() + 60_000
             for n, (op, a, b) in enumerate(steps):
                 if op == "push":
-                    await queue.enqueue(f"t_{n}", str(a), front=bool(b))
-                elif op == "claim" and not blocked[int(str(a))]:
-                    worker = int(str(a))
-                    got = await queue.claim_batch(int(str(b)), claim_number=n, deadline_ms=deadline)
-                    blocked[worker] = not got
-                elif op == "wake" and blocked[int(str(a))]:
-                    worker = int(str(a))
-                    woke = await queue.wait_for_work(cursors[worker], timeout_ms=1)
-                    if woke != cursors[worker]:
-                        cursors[worker], blocked[worker] = woke, False
+                    await queue.enqueue(f"t_{n}", a, front=b)
+                elif op == "claim" and not blocked[a]:
+                    got = await queue.claim_batch(b, claim_number=n, deadline_ms=deadline)
+                    blocked[a] = not got
+                elif op == "wake" and blocked[a]:
+                    woke = await queue.wait_for_work(cursors[a], timeout_ms=1)
+                    if woke != cursors[a]:
+                        cursors[a], blocked[a] = woke, False
                 depth = await queue.depth()
                 waiting = sum(depth[lane] for lane in LANES)
                 for worker in (0, 1):
